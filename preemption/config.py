@@ -1,0 +1,207 @@
+"""One TOML file describes a deployment; pydantic validates it.
+
+Paths in the file are relative to the file itself. An invalid file raises
+:class:`ConfigError`, whose message names the file, the key path
+(``controllers[2].adapter``) and what is wrong; the CLI turns it into exit
+status 2. This module imports nothing of ours but the model: which adapters
+are installed is passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentInfo(_Strict):
+    name: str = Field(min_length=1)
+    epsg: int | None = Field(
+        default=None, description="metric CRS for geometry; default: UTM zone of the routes"
+    )
+
+
+class RoutesConfig(_Strict):
+    files: list[Path] = Field(min_length=1)
+
+
+class PlannerConfig(_Strict):
+    """When to ask and when to take back (see docs/architecture.md)."""
+
+    default_transition_s: Seconds = 15.0  # controller's worst case to green, when a signal has none
+    lead_margin_s: Annotated[float, Field(ge=0, le=60)] = 4.0  # asked this much earlier still
+    clearing_distance_m: Annotated[float, Field(ge=0, le=200)] = 25.0  # past the stop line
+    max_hold_s: Seconds = 120.0  # no request lives longer
+    dead_man_s: Seconds = 15.0  # no position for this long: take everything back
+    eta_update_threshold_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    refresh_s: Seconds = 20.0  # re-send before the controller's own timer lapses
+    look_ahead: Annotated[int, Field(ge=1, le=50)] = 10  # signals ahead considered
+
+
+class VehicleConfig(_Strict):
+    id: Id
+    name: str = ""
+    priority: str = "fire"
+
+
+class ControllerConfig(_Strict):
+    id: Id
+    adapter: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_installed(cls, v: str, info: ValidationInfo) -> str:
+        known: Collection[str] | None = (info.context or {}).get("adapters")
+        if known is not None and v not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise ValueError(
+                f"unknown adapter {v!r}; installed adapters: {have} "
+                "(a vendor adapter needs its package installed)"
+            )
+        return v
+
+
+class NmeaFileSource(_Strict):
+    kind: Literal["nmea-file"]
+    vehicle: Id
+    path: Path
+    rate: float | None = Field(default=1.0, gt=0, description="x real time; omit for fastest")
+
+
+GpsSource = Annotated[NmeaFileSource, Field(discriminator="kind")]
+
+
+class Deployment(_Strict):
+    deployment: DeploymentInfo
+    routes: RoutesConfig
+    planner: PlannerConfig = PlannerConfig()
+    priorities: dict[str, int] = Field(
+        default_factory=lambda: {"fire": 0, "ambulance": 1, "police": 2, "transit": 3},
+        description="priority class -> rank; lower goes first",
+    )
+    vehicles: list[VehicleConfig] = Field(min_length=1)
+    controllers: list[ControllerConfig] = Field(min_length=1)
+    gps: list[GpsSource] = Field(default_factory=list)
+
+    def controller(self, controller_id: str) -> ControllerConfig:
+        for c in self.controllers:
+            if c.id == controller_id:
+                return c
+        raise KeyError(controller_id)
+
+
+def cross_check(dep: Deployment) -> list[tuple[str, str]]:
+    """References between sections: unique ids, known vehicles and priority classes."""
+    problems: list[tuple[str, str]] = []
+    for section, ids in (
+        ("vehicles", [v.id for v in dep.vehicles]),
+        ("controllers", [c.id for c in dep.controllers]),
+    ):
+        seen: set[str] = set()
+        for i, x in enumerate(ids):
+            if x in seen:
+                problems.append((f"{section}[{i}].id", f"{x!r} is defined twice"))
+            seen.add(x)
+    for i, v in enumerate(dep.vehicles):
+        if v.priority not in dep.priorities:
+            problems.append(
+                (
+                    f"vehicles[{i}].priority",
+                    f"{v.priority!r} is not a priority class; known: {', '.join(dep.priorities)}",
+                )
+            )
+    known = {v.id for v in dep.vehicles}
+    for i, g in enumerate(dep.gps):
+        if g.vehicle not in known:
+            problems.append(
+                (f"gps[{i}].vehicle", f"{g.vehicle!r} is not in [[vehicles]] (the allow-list)")
+            )
+    return problems
+
+
+class ConfigError(Exception):
+    """A configuration file is unusable. ``problems`` are (key path, message) pairs."""
+
+    def __init__(self, path: Path, problems: list[tuple[str, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """('controllers', 2, 'adapter') -> 'controllers[2].adapter'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, [("", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigError(path, [("", f"cannot read: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [("", f"not valid TOML: {exc}")]) from None
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        # The discriminator's tag ("nmea-file") is not a key the user wrote.
+        loc = format_loc([p for p in err["loc"] if p not in _SOURCE_KINDS])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt, or not valid here)"
+        problems.append((loc, msg))
+    return problems
+
+
+_SOURCE_KINDS = {"nmea-file"}
+
+
+def load_config(path: Path | str, adapters: Collection[str] | None = None) -> Deployment:
+    """Read and validate a deployment file; relative paths become absolute.
+
+    ``adapters`` is the set of installed adapter names; None skips that check.
+    """
+    path = Path(path)
+    data = read_toml(path)
+    try:
+        dep = Deployment.model_validate(data, context={"adapters": adapters})
+    except ValidationError as exc:
+        raise ConfigError(path, validation_problems(exc)) from None
+    problems = cross_check(dep)
+    if problems:
+        raise ConfigError(path, problems)
+    base = path.parent
+    routes = RoutesConfig(files=[base / f for f in dep.routes.files])
+    gps = [g.model_copy(update={"path": base / g.path}) for g in dep.gps]
+    return dep.model_copy(update={"routes": routes, "gps": gps})
