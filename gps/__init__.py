@@ -1,0 +1,1 @@
+"""Positions in: NMEA parsing, file replay and the receivers' transports."""

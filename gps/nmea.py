@@ -1,0 +1,584 @@
+"""NMEA 0183 in, :class:`~preemption.model.Fix` out.
+
+A receiver speaks in *epochs*: for each instant it sends several sentences
+(GGA, RMC, GSA, VTG ...) that each carry part of the picture. The decoder
+frames sentences out of an untrusted byte stream, hands the fields to pynmea2
+and merges the sentences of one epoch (same UTC time of day) into one Fix.
+
+Everything that does not become part of a Fix is counted in
+:attr:`NmeaDecoder.dropped` under a stable reason (see :data:`DROP_REASONS`);
+nothing raised by bad input ever leaves the decoder, because a reader that dies
+on one broken line would silence the engine.
+
+Choices worth knowing:
+
+* A sentence that says "no fix" (RMC or GLL status V, RMC/GLL/VTG mode N, GGA
+  quality 0, GNS mode all N) voids its whole epoch: the receiver has told us
+  the position is not valid, so a companion sentence of the same instant is not
+  trusted either. GSA mode 1 is only dropped itself, because multi-GNSS
+  receivers send one GSA per constellation and one of them may lack a fix.
+* The date comes from RMC. An epoch without its own RMC takes the last RMC
+  date, rolled over to the next day when the time of day wrapped past
+  midnight (from the last two hours of a day to the first two: a wider guess
+  would let one corrupt time push every later fix into ``time_backwards``).
+  Before any RMC date the decoder uses ``date_hint`` if given, else
+  drops the epoch as ``no_date``: guessing a day would put fixes at a wrong
+  time that the planner trusts.
+* Sentences without a time (VTG, GSA, NMEA 2.0 GLL) join the epoch still
+  open, because receivers send them after the timed sentence they belong to.
+* An epoch is emitted as soon as it is complete: the decoder learns the
+  receiver's cycle (which sentences, how many of each, an epoch had when the
+  next one began) and emits the moment the open epoch has them all, instead of
+  waiting a whole second for the next epoch to start: that second is lead time
+  the planner would lose. A sentence that arrives after its epoch was emitted
+  widens the learned cycle (and is counted as ``duplicate_epoch`` or
+  ``no_epoch``); an epoch that ends short shrinks it. Without a learned cycle
+  an epoch is emitted when a sentence with another time arrives, or on
+  :meth:`NmeaDecoder.flush`.
+* Checksums are required: a sentence without ``*hh`` could be a truncated
+  line whose last number lost digits.
+* ``dropped`` counts sentences, except ``garbage`` (runs of bytes outside any
+  sentence) and ``comment`` (``#`` lines, as in gpsd logs), which count
+  chunks. Once flushed, ``sentences == used + sum of the sentence reasons``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import reduce
+from operator import xor
+from pathlib import Path
+from typing import Any, Final
+
+import pynmea2
+
+from preemption.model import Fix, FixQuality
+
+__all__ = [
+    "DROP_REASONS",
+    "KNOT_MS",
+    "MAX_SENTENCE_LEN",
+    "MAX_SPEED_MS",
+    "NOT_SENTENCES",
+    "NmeaDecoder",
+    "parse_nmea_file",
+]
+
+KNOT_MS: Final = 1852.0 / 3600.0  # one knot in m/s
+MAX_SPEED_MS: Final = 100.0  # 360 km/h: beyond any road vehicle, so a corrupt field
+MAX_SENTENCE_LEN: Final = 200  # NMEA allows 82; vendors overshoot a little, never this much
+
+DROP_REASONS: Final = frozenset(
+    {
+        "bad_checksum",  # checksum missing or wrong
+        "parse_error",  # pynmea2 or a field conversion failed, or a mandatory field is bad
+        "ignored",  # sentence of a type we do not use (GSV, ZDA, $P..., !AIVDM); no checksum test
+        "void_status",  # RMC/GLL status V; voids the epoch
+        "no_fix",  # GGA quality 0, GNS mode all N, RMC/GLL/VTG mode N (void epoch), GSA mode 1
+        "no_position",  # position sentence without coordinates, or an epoch with none
+        "no_epoch",  # untimed sentence (VTG, GSA) with no open epoch to join
+        "no_date",  # epoch before any RMC date and without a date hint
+        "impossible_coordinates",  # out of range, minutes >= 60, or exactly 0,0
+        "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
+        "time_backwards",  # epoch earlier than the last emitted fix
+        "duplicate_epoch",  # epoch at the same instant as the last emitted fix
+        "line_too_long",  # sentence longer than MAX_SENTENCE_LEN
+        "garbage",  # bytes outside any sentence (binary protocols, noise); counts chunks
+        "comment",  # '#' line as in gpsd test logs; counts lines
+    }
+)
+NOT_SENTENCES: Final = frozenset({"garbage", "comment"})
+
+_SUPPORTED: Final = frozenset({"RMC", "GGA", "GNS", "VTG", "GSA", "GLL"})
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_ROLLOVER_WINDOW: Final = 7_200.0  # s either side of midnight
+
+# A sentence: '$' or '!', an upper-case address, then printable ASCII up to the
+# next start character or anything unprintable. A '#' at a line start is a comment.
+_TOKEN = re.compile(rb"[$!][A-Z][A-Z0-9]{2,}[,*][\x20\x22\x23\x25-\x7e]*|(?<![^\r\n])#[^\r\n]*")
+_SENTENCE_BODY = re.compile(rb"[\x20\x22\x23\x25-\x7e]*")
+_RESYNC = re.compile(rb"[\r\n$!]")
+_HEX: Final = frozenset(b"0123456789ABCDEFabcdef")
+
+_MODE_QUALITY: Final = {
+    "A": FixQuality.GPS,
+    "D": FixQuality.DGPS,
+    "P": FixQuality.PPS,
+    "R": FixQuality.RTK,
+    "F": FixQuality.FLOAT_RTK,
+    "E": FixQuality.ESTIMATED,
+    "M": FixQuality.MANUAL,
+    "S": FixQuality.SIMULATED,
+}
+
+
+class _Drop(Exception):
+    """Internal control flow: this sentence is dropped for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Epoch:
+    """What the sentences of one instant have told us so far."""
+
+    tod: float  # UTC seconds since midnight
+    kinds: dict[str, int] = field(default_factory=dict)  # sentence type -> count merged
+    veto: str | None = None
+    merged: int = 0
+    rank: int = 0  # of the position source: GGA/GNS 3, RMC 2, GLL 1
+    lat: float = 0.0
+    lon: float = 0.0
+    quality: FixQuality = FixQuality.INVALID
+    day: int | None = None  # proleptic ordinal of the RMC date
+    speed: float | None = None
+    course: float | None = None
+    hdop: float | None = None
+    satellites: int | None = None
+    gsa_hdop: float | None = None
+    gsa_satellites: int = 0
+
+
+class NmeaDecoder:
+    """Decodes one receiver's NMEA stream into fixes for one vehicle.
+
+    Not thread-safe; one instance per stream. ``feed`` and ``feed_line`` return
+    the fixes completed by that input; ``flush`` at the end of the stream (or
+    when the line goes quiet) returns the epoch still open.
+    """
+
+    def __init__(self, vehicle: str, source: str, *, date_hint: dt.date | None = None) -> None:
+        self.vehicle = vehicle
+        self.source = source
+        self.dropped: Counter[str] = Counter()
+        self.sentences = 0  # sentence candidates framed, whatever became of them
+        self.used = 0  # sentences merged into an emitted Fix
+        self._buf = b""
+        self._skip = False  # discarding the rest of an overlong line
+        self._epoch: _Epoch | None = None
+        self._day = date_hint.toordinal() if date_hint is not None else None
+        self._day_tod: float | None = None
+        self._last_time: float | None = None
+        self._out: list[Fix] = []
+        self._kind = ""  # type of the sentence being handled
+        self._cycle: dict[str, int] = {}  # learned sentences of a complete epoch
+        self._early_tod: float | None = None  # epoch emitted early, before its next one began
+
+    # -- input ------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Fix]:
+        """Accept the next chunk of the byte stream, cut anywhere."""
+        data = bytes(data)
+        if self._skip:
+            m = _RESYNC.search(data)
+            if m is None:
+                return []
+            data = data[m.start() :]
+            self._skip = False
+        buf = self._buf + data if self._buf else data
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+        if cut >= 0:
+            self._scan(buf[: cut + 1])
+            buf = buf[cut + 1 :]
+        self._buf = self._bound(buf)
+        return self._take()
+
+    def feed_line(self, line: str) -> list[Fix]:
+        """Accept one complete line (with or without its line end).
+
+        Independent of the byte buffer of :meth:`feed`: use one or the other.
+        """
+        self._scan(line.encode("utf-8", "replace"))
+        return self._take()
+
+    def flush(self) -> list[Fix]:
+        """End of stream: decode an unterminated last line and emit the open epoch."""
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            self._scan(buf)
+        self._skip = False
+        self._close_epoch()
+        return self._take()
+
+    def _take(self) -> list[Fix]:
+        out, self._out = self._out, []
+        return out
+
+    def _bound(self, tail: bytes) -> bytes:
+        """Keep memory bounded while no line end arrives (binary blocks, runaway lines)."""
+        if len(tail) <= MAX_SENTENCE_LEN:
+            return tail
+        start = max(tail.rfind(b"$"), tail.rfind(b"!"))
+        growing = start >= 0 and _SENTENCE_BODY.fullmatch(tail, start + 1) is not None
+        if not growing:
+            self._scan(tail)
+            return b""
+        self._scan(tail[:start])
+        if len(tail) - start <= MAX_SENTENCE_LEN:
+            return tail[start:]
+        self.sentences += 1
+        self.dropped["line_too_long"] += 1
+        self._skip = True
+        return b""
+
+    def _scan(self, region: bytes) -> None:
+        """Frame sentences out of ``region``, in which every sentence is complete."""
+        pos = 0
+        for m in _TOKEN.finditer(region):
+            start = m.start()
+            if start > pos and region[pos:start].strip():
+                self.dropped["garbage"] += 1
+            pos = m.end()
+            if region[start] == 0x23:  # '#'
+                self.dropped["comment"] += 1
+            else:
+                self._sentence(m.group())
+        if region[pos:].strip():
+            self.dropped["garbage"] += 1
+
+    # -- one sentence -----------------------------------------------------
+
+    def _sentence(self, token: bytes) -> None:
+        self.sentences += 1
+        token = token.rstrip(b" ")
+        if len(token) > MAX_SENTENCE_LEN:
+            self.dropped["line_too_long"] += 1
+            return
+        if token[0] != 0x24 or token[1] == 0x50 or token[6:7] not in (b",", b"*"):
+            # '!' (AIS), '$P...' (proprietary) and addresses that are not talker + type
+            self.dropped["ignored"] += 1
+            return
+        kind = token[3:6].decode("ascii")
+        if kind not in _SUPPORTED:  # checked before the checksum: GSV alone is half a stream
+            self.dropped["ignored"] += 1
+            return
+        star = len(token) - 3
+        if star < 6 or token[star] != 0x2A:  # '*'
+            self.dropped["bad_checksum"] += 1
+            return
+        digits = token[star + 1 :]
+        if not _HEX.issuperset(digits) or reduce(xor, token[1:star], 0) != int(digits, 16):
+            self.dropped["bad_checksum"] += 1
+            return
+        try:
+            # The checksum is verified: pynmea2 need not do it again, slowly.
+            msg = pynmea2.parse(token[:star].decode("ascii"))
+            self._kind = kind
+            _HANDLERS[kind](self, msg)
+            self._merged(kind)
+        except _Drop as drop:
+            self.dropped[drop.reason] += 1
+        except Exception:
+            # The boundary to pynmea2 and its converters: whatever they raise
+            # on hostile input is a parse error of this sentence, never ours to raise.
+            self.dropped["parse_error"] += 1
+
+    def _merged(self, kind: str) -> None:
+        """Count a merged sentence; emit the epoch at once if the learned cycle is complete."""
+        epoch = self._epoch
+        if epoch is None:
+            return
+        epoch.kinds[kind] = epoch.kinds.get(kind, 0) + 1
+        cycle = self._cycle
+        if cycle and all(epoch.kinds.get(k, 0) >= n for k, n in cycle.items()):
+            self._early_tod = epoch.tod
+            self._close_epoch()
+
+    def _late(self, reason: str) -> _Drop:
+        """A sentence of an epoch already emitted early: the cycle is longer than learned."""
+        self._cycle[self._kind] = self._cycle.get(self._kind, 0) + 1
+        return _Drop(reason)
+
+    def _timed_epoch(self, tod: float | None, veto: str | None) -> _Epoch:
+        """The epoch a timed sentence belongs to, opening it (and closing the last) if new."""
+        if tod is None:
+            raise _Drop(veto or "parse_error")
+        epoch = self._epoch
+        if epoch is None and tod == self._early_tod:
+            raise self._late("duplicate_epoch")
+        if epoch is None or epoch.tod != tod:
+            if epoch is not None and epoch.veto is None:
+                self._cycle = dict(epoch.kinds)  # it ended when the next began: a full cycle
+            self._close_epoch()
+            self._early_tod = None
+            epoch = self._epoch = _Epoch(tod)
+        if veto is not None:
+            if epoch.veto is None:
+                epoch.veto = veto
+            raise _Drop(veto)
+        return epoch
+
+    def _open_epoch(self) -> _Epoch:
+        if self._epoch is None:
+            raise self._late("no_epoch") if self._early_tod is not None else _Drop("no_epoch")
+        return self._epoch
+
+    def _gga(self, msg: Any) -> None:
+        quality = msg.gps_qual
+        if not isinstance(quality, int) or not 0 <= quality <= 8:
+            raise _Drop("parse_error")
+        epoch = self._timed_epoch(_tod(msg.timestamp), "no_fix" if quality == 0 else None)
+        lat, lon = _position(msg)
+        hdop = _hdop(msg.horizontal_dil)
+        satellites = _count(msg.num_sats)
+        _merge_position(epoch, lat, lon, FixQuality(quality), 3)
+        if epoch.hdop is None:
+            epoch.hdop = hdop
+        if epoch.satellites is None:
+            epoch.satellites = satellites
+        epoch.merged += 1
+
+    def _gns(self, msg: Any) -> None:
+        mode = msg.mode_indicator or ""
+        if not mode or any(c != "N" and c not in _MODE_QUALITY for c in mode):
+            raise _Drop("parse_error")
+        fixed = [c for c in mode if c != "N"]
+        epoch = self._timed_epoch(_tod(msg.timestamp), None if fixed else "no_fix")
+        lat, lon = _position(msg)
+        hdop = _hdop(msg.hdop)
+        satellites = _count(msg.num_sats)
+        _merge_position(epoch, lat, lon, _MODE_QUALITY[fixed[0]], 3)
+        if epoch.hdop is None:
+            epoch.hdop = hdop
+        if epoch.satellites is None:
+            epoch.satellites = satellites
+        epoch.merged += 1
+
+    def _rmc(self, msg: Any) -> None:
+        mode = msg.mode_indicator or ""
+        veto = "void_status" if msg.status != "A" else "no_fix" if mode == "N" else None
+        quality = _mode_quality(mode)
+        epoch = self._timed_epoch(_tod(msg.timestamp), veto)
+        lat, lon = _position(msg)
+        speed = _speed(msg.spd_over_grnd, KNOT_MS)
+        course = _course(msg.true_course)
+        day = _day(msg.datestamp)
+        _merge_position(epoch, lat, lon, quality, 2)
+        _merge_motion(epoch, speed, course)
+        if epoch.day is None:
+            epoch.day = day
+        epoch.merged += 1
+
+    def _gll(self, msg: Any) -> None:
+        mode = msg.faa_mode or ""
+        veto = "void_status" if msg.status != "A" else "no_fix" if mode == "N" else None
+        quality = _mode_quality(mode)
+        tod = _tod(msg.timestamp)
+        # NMEA 2.0 GLL has no time: it joins the open epoch like VTG.
+        untimed = tod is None and veto is None
+        epoch = self._open_epoch() if untimed else self._timed_epoch(tod, veto)
+        lat, lon = _position(msg)
+        _merge_position(epoch, lat, lon, quality, 1)
+        epoch.merged += 1
+
+    def _vtg(self, msg: Any) -> None:
+        if (msg.faa_mode or "") == "N":
+            raise _Drop("no_fix")
+        speed = None
+        if msg.spd_over_grnd_kts_sym == "N":
+            speed = _speed(msg.spd_over_grnd_kts, KNOT_MS)
+        if speed is None and msg.spd_over_grnd_kmph_sym == "K":
+            speed = _speed(msg.spd_over_grnd_kmph, 1.0 / 3.6)
+        course = _course(msg.true_track) if msg.true_track_sym in ("T", "") else None
+        epoch = self._open_epoch()
+        _merge_motion(epoch, speed, course)
+        epoch.merged += 1
+
+    def _gsa(self, msg: Any) -> None:
+        fix_type = msg.mode_fix_type
+        if fix_type == "1":
+            raise _Drop("no_fix")
+        if fix_type not in ("2", "3"):
+            raise _Drop("parse_error")
+        hdop = _hdop(msg.hdop)
+        used = sum(1 for sv in msg.data[2:14] if sv)
+        epoch = self._open_epoch()
+        if epoch.gsa_hdop is None:
+            epoch.gsa_hdop = hdop
+        epoch.gsa_satellites += used
+        epoch.merged += 1
+
+    # -- output -----------------------------------------------------------
+
+    def _close_epoch(self) -> None:
+        epoch, self._epoch = self._epoch, None
+        if epoch is None:
+            return
+        reason = self._emit(epoch)
+        if reason is None:
+            self.used += epoch.merged
+        elif epoch.merged:
+            self.dropped[reason] += epoch.merged
+
+    def _emit(self, epoch: _Epoch) -> str | None:
+        """Turn a closed epoch into a Fix; the drop reason if it cannot be one."""
+        if epoch.veto is not None:
+            return epoch.veto
+        if epoch.rank == 0:
+            return "no_position"
+        day = epoch.day
+        if day is None:
+            if self._day is None:
+                return "no_date"
+            day = self._day
+            last_tod = self._day_tod
+            if (
+                last_tod is not None
+                and last_tod >= 86_400 - _ROLLOVER_WINDOW
+                and epoch.tod < _ROLLOVER_WINDOW
+            ):
+                day += 1  # the time of day wrapped past midnight since the last date
+        self._day, self._day_tod = day, epoch.tod
+        time = (day - _EPOCH_ORDINAL) * 86_400 + epoch.tod
+        if self._last_time is not None:
+            if time == self._last_time:
+                return "duplicate_epoch"
+            if time < self._last_time:
+                return "time_backwards"
+        self._last_time = time
+        hdop = epoch.hdop if epoch.hdop is not None else epoch.gsa_hdop
+        satellites = epoch.satellites
+        if satellites is None and epoch.gsa_satellites:
+            satellites = epoch.gsa_satellites
+        self._out.append(
+            Fix(
+                vehicle=self.vehicle,
+                time=time,
+                lat=epoch.lat,
+                lon=epoch.lon,
+                speed=epoch.speed,
+                course=epoch.course,
+                hdop=hdop,
+                quality=epoch.quality,
+                source=self.source,
+                satellites=satellites,
+            )
+        )
+        return None
+
+
+_HANDLERS: Final = {
+    "GGA": NmeaDecoder._gga,
+    "GNS": NmeaDecoder._gns,
+    "RMC": NmeaDecoder._rmc,
+    "GLL": NmeaDecoder._gll,
+    "VTG": NmeaDecoder._vtg,
+    "GSA": NmeaDecoder._gsa,
+}
+
+
+def _merge_position(epoch: _Epoch, lat: float, lon: float, quality: FixQuality, rank: int) -> None:
+    # GGA/GNS first: they carry the fix quality and often more digits than RMC.
+    if rank > epoch.rank:
+        epoch.rank, epoch.lat, epoch.lon, epoch.quality = rank, lat, lon, quality
+
+
+def _merge_motion(epoch: _Epoch, speed: float | None, course: float | None) -> None:
+    if epoch.speed is None:
+        epoch.speed = speed
+    if epoch.course is None:
+        epoch.course = course
+
+
+def _tod(value: object) -> float | None:
+    """pynmea2's timestamp as seconds since midnight; it hands back the raw text on failure."""
+    if value is None:
+        return None
+    if not isinstance(value, dt.time):
+        raise _Drop("parse_error")
+    return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+
+
+def _day(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.date):
+        raise _Drop("parse_error")
+    return value.toordinal()
+
+
+def _position(msg: Any) -> tuple[float, float]:
+    lat_s, lon_s = msg.lat, msg.lon
+    if not lat_s or not lon_s:
+        raise _Drop("no_position")
+    if msg.lat_dir not in ("N", "S") or msg.lon_dir not in ("E", "W"):
+        raise _Drop("parse_error")
+    lat, lon = float(msg.latitude), float(msg.longitude)
+    # ddmm.mmmm: pynmea2 accepts minutes >= 60 and degrees beyond the range.
+    if float(lat_s) % 100.0 >= 60.0 or float(lon_s) % 100.0 >= 60.0:
+        raise _Drop("impossible_coordinates")
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+        raise _Drop("impossible_coordinates")
+    return lat, lon
+
+
+def _mode_quality(mode: str) -> FixQuality:
+    if not mode:
+        return FixQuality.GPS  # before NMEA 2.3 there was no mode field
+    quality = _MODE_QUALITY.get(mode)
+    if quality is None and mode != "N":
+        raise _Drop("parse_error")
+    return quality or FixQuality.INVALID  # N: the sentence vetoes its epoch anyway
+
+
+def _number(value: object) -> float | None:
+    """A numeric field as pynmea2 hands it over: converted, raw text, or None when empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return float(value)  # ValueError -> parse_error at the boundary
+    if isinstance(value, float | int) or hasattr(value, "__float__"):
+        return float(value)
+    raise _Drop("parse_error")
+
+
+def _speed(value: object, to_ms: float) -> float | None:
+    number = _number(value)
+    if number is None:
+        return None
+    speed = number * to_ms
+    if not 0.0 <= speed <= MAX_SPEED_MS:  # also catches NaN
+        raise _Drop("impossible_speed")
+    return speed
+
+
+def _course(value: object) -> float | None:
+    """Course over ground in [0, 360), or None: a bad course is not worth the position."""
+    number = _number(value)
+    if number is None or not 0.0 <= number <= 360.0:
+        return None
+    return number % 360.0
+
+
+def _hdop(value: object) -> float | None:
+    number = _number(value)
+    if number is None or not (0.0 < number < math.inf):
+        return None
+    return number
+
+
+def _count(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    count = int(str(value))
+    return count if 0 <= count <= 1000 else None
+
+
+def parse_nmea_file(
+    path: str | Path,
+    vehicle: str,
+    source: str | None = None,
+    *,
+    date_hint: dt.date | None = None,
+) -> tuple[list[Fix], Counter[str]]:
+    """Decode a whole NMEA log: the fixes and the drop counters, for tools and tests."""
+    path = Path(path)
+    decoder = NmeaDecoder(vehicle, source or path.name, date_hint=date_hint)
+    fixes = decoder.feed(path.read_bytes())
+    fixes.extend(decoder.flush())
+    return fixes, decoder.dropped
