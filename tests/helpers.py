@@ -42,3 +42,26 @@ def fix_at(
         quality=FixQuality.GPS,
         source="test",
     )
+
+
+def side_street(
+    routes: RouteSet,
+    route: str,
+    s: float,
+    t0: float,
+    n: int = 5,
+    speed: float = 10.0,
+    turn_deg: float = -90.0,
+    vehicle: str = VEHICLE,
+) -> list[Fix]:
+    """Fixes of a vehicle turning off ``route`` at ``s`` into a straight side street."""
+    p = routes[route].at(s)
+    heading = (p.heading_deg + turn_deg) % 360.0
+    out = []
+    for k in range(1, n + 1):
+        d = speed * k
+        x = p.x + d * math.sin(math.radians(heading))
+        y = p.y + d * math.cos(math.radians(heading))
+        lon, lat = routes.projector.to_wgs84(x, y)
+        out.append(Fix(vehicle, t0 + k, lat, lon, speed, heading, 0.9, FixQuality.GPS, "test"))
+    return out

@@ -1,0 +1,178 @@
+"""The `preemption` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from preemption.config import ConfigError, load_config
+from routes.geojson import RouteFileError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2  # the input (configuration, route or scenario file) is unusable
+BENCH_NAMES = ("pipeline", "match", "identify", "planner", "nmea", "demo")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        code: int = args.func(args)
+    except (ConfigError, RouteFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="preemption",
+        description="Traffic-signal pre-emption for fire-brigade approach routes.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    c = sub.add_parser("check-config", help="validate a deployment file and what it references")
+    c.add_argument("file", type=Path)
+    c.set_defaults(func=_check_config)
+
+    d = sub.add_parser("demo", help="run the whole path on a scenario in simulated time")
+    d.add_argument("scenario", type=Path, nargs="?", help="scenario TOML (default: bundled)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=_demo)
+
+    m = sub.add_parser("match", help="match an NMEA track against route files, fix by fix")
+    m.add_argument("--routes", type=Path, nargs="+", required=True, help="route GeoJSON file(s)")
+    m.add_argument("--track", type=Path, required=True, help="NMEA log of one vehicle")
+    m.add_argument("--epsg", type=int, help="metric CRS (default: UTM zone of the routes)")
+    m.add_argument("--prior", help="route id dispatch expects (sets the matcher's prior)")
+    m.add_argument("--json", action="store_true", help="one JSON object per fix")
+    m.set_defaults(func=_match)
+
+    b = sub.add_parser("bench", help="benchmarks, machine-readable with --json")
+    b.add_argument("name", choices=["all", *BENCH_NAMES])
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from routes.geojson import load_routes
+    from signal_adapters import registry
+
+    dep = load_config(args.file, adapters=set(registry.installed()))
+    try:
+        routes = load_routes(dep.routes.files, epsg=dep.deployment.epsg)
+    except RouteFileError as exc:
+        raise ConfigError(args.file, [("routes.files", str(exc))]) from None
+    controllers = {c.id for c in dep.controllers}
+    problems = [
+        (
+            "routes.files",
+            f"route {mr.id!r} signal {sig.intersection!r} names controller "
+            f"{sig.controller!r}, which [[controllers]] does not define",
+        )
+        for mr in routes
+        for sig in mr.signals
+        if sig.controller not in controllers
+    ]
+    if problems:
+        raise ConfigError(args.file, problems)
+    n_signals = len({s.intersection for mr in routes for s in mr.signals})
+    print(
+        f"{args.file}: ok: {len(routes)} routes, {n_signals} signalised intersections, "
+        f"{len(dep.vehicles)} vehicles, {len(dep.controllers)} controllers "
+        f"(EPSG:{routes.projector.epsg})"
+    )
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from preemption.demo import BUNDLED_SCENARIO, run_demo
+
+    report = run_demo(args.scenario or BUNDLED_SCENARIO)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK
+
+
+def _match(args: argparse.Namespace) -> int:
+    from gps.nmea import parse_nmea_file
+    from routes.geojson import load_routes
+    from routes.matcher import RouteMatcher
+
+    routes = load_routes(args.routes, epsg=args.epsg)
+    try:
+        fixes, dropped = parse_nmea_file(args.track, vehicle="track")
+    except OSError as exc:
+        print(f"error: {args.track}: cannot read the track: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    matcher = RouteMatcher("track", routes)
+    if args.prior:
+        try:
+            matcher.set_prior(args.prior)
+        except KeyError as exc:
+            print(f"error: --prior: {exc.args[0]}", file=sys.stderr)
+            return EXIT_CONFIG
+    for fix in fixes:
+        pos = matcher.update(fix)
+        doc = {
+            "t": fix.time,
+            "committed": pos.committed,
+            "compatible": {r: round(p, 4) for r, p in pos.compatible.items()},
+            "s": round(pos.distance_m, 2) if pos.on_route else None,
+            "offset": round(pos.offset_m, 2) if pos.on_route else None,
+            "etas": [
+                {
+                    "intersection": e.intersection,
+                    "eta_s": round(e.eta_s, 2),
+                    "early_s": round(e.early_s, 2),
+                    "late_s": round(e.late_s, 2),
+                    "shared": e.shared,
+                }
+                for e in pos.etas
+            ],
+        }
+        if args.json:
+            print(json.dumps(doc))
+        else:
+            where = f"{pos.route} at {pos.distance_m:7.1f} m" if pos.on_route else "off the routes"
+            nxt = (
+                f", next {pos.etas[0].intersection} in {pos.etas[0].eta_s:.0f} s"
+                if pos.etas
+                else ""
+            )
+            print(f"{fix.time:.1f} {where} (committed: {pos.committed or '-'}){nxt}")
+    summary = {"fixes": len(fixes), "dropped": dict(dropped), "matcher": dict(matcher.counters)}
+    print(json.dumps(summary) if args.json else f"summary: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from preemption.bench import run
+
+    result = run(args.name)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preemption.demo import DemoReport, run_demo
+
+from .helpers import DEMO_DIR
+
+
+@pytest.fixture(scope="module")
+def report() -> DemoReport:
+    return run_demo(DEMO_DIR / "scenario.toml")
+
+
+def test_every_signal_is_green_before_the_engine_and_released_after(report: DemoReport) -> None:
+    assert [s.intersection for s in report.signals] == ["K1", "K2", "K3", "K4", "K5"]
+    for s in report.signals:
+        assert s.aspect_at_arrival == "green", s
+        assert s.request_s is not None
+        assert s.release_s is not None
+        assert s.green_onset_s is not None
+        assert s.green_onset_s < s.arrival_s < s.release_s
+        assert s.request_s < s.arrival_s
+        # The ETA sent with the request was not optimistic by more than a fix interval.
+        assert s.eta_at_request_s is not None
+        assert s.eta_at_request_s == pytest.approx(s.arrival_s - s.request_s, abs=2.5)
+
+
+def test_pre_emption_saves_time_against_the_baseline(report: DemoReport) -> None:
+    assert report.stops == 0
+    assert report.baseline_stops >= 3
+    assert report.travel_time_s < report.baseline_travel_time_s - 60
+    # Free flow on R1 (2500 m; 0 -> 13.89 m/s at 1 m/s^2 takes 13.89 s and 96.5 m):
+    # 13.89 + (2500 - 96.5) / 13.89 = 186.9 s. With pre-emption nothing slows the engine.
+    assert report.travel_time_s == pytest.approx(186.9, abs=0.5)
+
+
+def test_the_run_is_repeatable_to_the_bit(report: DemoReport) -> None:
+    assert run_demo(DEMO_DIR / "scenario.toml").to_json() == report.to_json()
+
+
+def test_demo_cli_json_has_the_documented_shape() -> None:
+    exe = Path(sys.executable).parent / "preemption"
+    out = subprocess.run(
+        [str(exe), "demo", "--json"], capture_output=True, text=True, timeout=60, check=True
+    )
+    doc = json.loads(out.stdout)
+    assert {"signals", "travel_time_s", "baseline_travel_time_s"} <= set(doc)
+    for sig in doc["signals"]:
+        assert {"intersection", "request_s", "green_onset_s", "arrival_s", "release_s"} <= set(sig)
+        assert sig["green_onset_s"] < sig["arrival_s"] < sig["release_s"]
+    text = subprocess.run(
+        [str(exe), "demo"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert text.count("request") == len(doc["signals"])
+    assert "saved" in text.splitlines()[-1]
