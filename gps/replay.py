@@ -1,9 +1,12 @@
-"""Replay recorded NMEA as a live source: fixes paced by their own timestamps.
+"""Replay recorded positions as a live source: fixes paced by their own timestamps.
 
-The pacing runs on the :class:`~preemption.clock.Clock` handed in, so a replay
-on a ``SimClock`` takes no wall time and a replay on the real clock behaves like
-the receiver did. Timing follows the fixes, not the bytes: the gap between two
-yielded fixes is the gap between their times divided by ``rate``.
+NMEA logs (:class:`NmeaReplay`) and GPX/CSV tracks (:class:`TrackReplay`, read
+by :mod:`gps.files`) share one pacing rule, :class:`Pacer`. It runs on the
+:class:`~preemption.clock.Clock` handed in, so a replay on a ``SimClock`` takes
+no wall time and a replay on the real clock behaves like the receiver did.
+Timing follows the fixes, not the bytes: the gap between two yielded fixes is
+the gap between their times divided by ``rate``; ``rate=None`` replays as fast
+as possible.
 """
 
 from __future__ import annotations
@@ -13,16 +16,73 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+from gps.files import read_track
 from gps.nmea import NmeaDecoder
 from preemption.clock import Clock
 from preemption.model import Fix
 
-__all__ = ["NmeaReplay", "replay_lines", "replay_nmea"]
+__all__ = [
+    "NmeaReplay",
+    "Pacer",
+    "TrackReplay",
+    "pace",
+    "replay_lines",
+    "replay_nmea",
+    "replay_track",
+]
 
 _CHUNK = 64 * 1024
 
+T = TypeVar("T")
+
 Input = Iterable[bytes | str] | AsyncIterable[bytes | str]
+
+
+def _check_rate(rate: float | None) -> None:
+    if rate is not None and not (0.0 < rate < math.inf):
+        raise ValueError(f"replay rate must be a positive finite number or None, not {rate!r}")
+
+
+class Pacer:
+    """Holds each fix back until its moment on ``clock``.
+
+    The first fix anchors the replay and passes at once; every later one waits
+    until ``(fix.time - first.time) / rate`` after it. A fix already late is
+    not held (a slow consumer does not make the replay slower still). With
+    ``rate=None`` nothing waits.
+    """
+
+    def __init__(self, clock: Clock, rate: float | None = 1.0) -> None:
+        _check_rate(rate)
+        self.clock = clock
+        self.rate = rate
+        self._anchor: tuple[float, float] | None = None  # (fix time, clock monotonic)
+
+    async def wait(self, fix_time: float) -> None:
+        if self._anchor is None:
+            self._anchor = fix_time, self.clock.monotonic()
+            return
+        if self.rate is None:
+            return
+        first_time, first_mono = self._anchor
+        due = first_mono + (fix_time - first_time) / self.rate
+        delay = due - self.clock.monotonic()
+        if delay > 0:
+            await self.clock.sleep(delay)
+
+
+async def pace(
+    fixes: Iterable[Fix] | AsyncIterable[Fix], clock: Clock, rate: float | None = 1.0
+) -> AsyncIterator[Fix]:
+    """Yield ``fixes`` paced on ``clock`` by their own times (see :class:`Pacer`)."""
+    pacer = Pacer(clock, rate)
+    async for fix in _aiter(fixes):
+        await pacer.wait(fix.time)
+        yield fix
+        if rate is None:
+            await clock.sleep(0)  # let the consumers of the fixes run
 
 
 class NmeaReplay:
@@ -44,8 +104,7 @@ class NmeaReplay:
         *,
         date_hint: dt.date | None = None,
     ) -> None:
-        if rate is not None and not (0.0 < rate < math.inf):
-            raise ValueError(f"replay rate must be a positive finite number or None, not {rate!r}")
+        _check_rate(rate)
         self.decoder = NmeaDecoder(vehicle, source, date_hint=date_hint)
         self._data = data
         self._clock = clock
@@ -78,16 +137,15 @@ class NmeaReplay:
         return self._fixes()
 
     async def _fixes(self) -> AsyncIterator[Fix]:
-        # Anchor: the first fix is yielded at once; the rest keep its spacing.
-        anchor: tuple[float, float] | None = None
+        pacer = Pacer(self._clock, self._rate)
         async for part in _aiter(self._data):
             for fix in self._decode(part):
-                anchor = await self._pace(fix, anchor)
+                await pacer.wait(fix.time)
                 yield fix
             if self._rate is None:
                 await self._clock.sleep(0)  # let the consumers of the fixes run
         for fix in self.decoder.flush():
-            anchor = await self._pace(fix, anchor)
+            await pacer.wait(fix.time)
             yield fix
 
     def _decode(self, part: bytes | str) -> list[Fix]:
@@ -95,16 +153,43 @@ class NmeaReplay:
             return self.decoder.feed_line(part)
         return self.decoder.feed(part)
 
-    async def _pace(self, fix: Fix, anchor: tuple[float, float] | None) -> tuple[float, float]:
-        if anchor is None:
-            return fix.time, self._clock.monotonic()
-        if self._rate is not None:
-            first_time, first_mono = anchor
-            due = first_mono + (fix.time - first_time) / self._rate
-            delay = due - self._clock.monotonic()
-            if delay > 0:
-                await self._clock.sleep(delay)
-        return anchor
+
+class TrackReplay:
+    """An async iterable of the fixes of a GPX or CSV track, paced on ``clock``.
+
+    The file is read at once (tracks are small next to the memory of a
+    daemon); :attr:`dropped` holds what :mod:`gps.files` dropped while reading.
+    """
+
+    def __init__(
+        self,
+        fixes: Iterable[Fix],
+        clock: Clock,
+        rate: float | None = 1.0,
+        dropped: Counter[str] | None = None,
+    ) -> None:
+        _check_rate(rate)
+        self.fixes = list(fixes)
+        self.dropped: Counter[str] = dropped if dropped is not None else Counter()
+        self._clock = clock
+        self._rate = rate
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        vehicle: str,
+        clock: Clock,
+        rate: float | None = 1.0,
+        source: str | None = None,
+    ) -> TrackReplay:
+        """Replay a ``*.gpx`` or ``*.csv`` track; the source name defaults to the file name."""
+        _check_rate(rate)
+        fixes, dropped = read_track(path, vehicle, source)
+        return cls(fixes, clock, rate, dropped)
+
+    def __aiter__(self) -> AsyncIterator[Fix]:
+        return pace(self.fixes, self._clock, self._rate)
 
 
 async def replay_nmea(
@@ -131,6 +216,18 @@ async def replay_lines(
         yield fix
 
 
+async def replay_track(
+    path: str | Path,
+    vehicle: str,
+    clock: Clock,
+    rate: float | None = 1.0,
+    source: str | None = None,
+) -> AsyncIterator[Fix]:
+    """Fixes from a GPX or CSV track, paced on ``clock``; see :class:`TrackReplay`."""
+    async for fix in TrackReplay.from_file(path, vehicle, clock, rate, source):
+        yield fix
+
+
 def _read_chunks(path: Path) -> Iterator[bytes]:
     # Plain blocking reads: log files are local and small next to the pacing
     # sleeps, and a worker thread would make simulated time nondeterministic.
@@ -139,7 +236,7 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-async def _aiter(data: Input) -> AsyncIterator[bytes | str]:
+async def _aiter(data: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
     if isinstance(data, AsyncIterable):
         async for item in data:
             yield item

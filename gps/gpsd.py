@@ -1,0 +1,425 @@
+"""A receiver behind gpsd: its JSON reports in, :class:`~preemption.model.Fix` out.
+
+gpsd owns the device and speaks JSON on TCP (port 2947): after
+``?WATCH={"enable":true,"json":true};`` it sends one report per line. A TPV
+report with ``mode`` 2 or 3 and a time is a fix; SKY reports carry the
+dilution of precision and the satellites used, which TPV lacks, so the last
+SKY of the device (if recent) fills in ``hdop`` and ``satellites``.
+
+gpsd sends a TPV for every sentence that adds to an epoch while it learns the
+receiver's cycle, several with the same time and the same position: the first
+is used (it is the earliest, and lead time is what the planner lives on) and
+the rest are counted as ``duplicate_epoch``.
+
+As with NMEA, nothing a peer sends raises out of the source: everything that
+does not become a fix is counted in :attr:`GpsdDecoder.dropped` under a stable
+reason (:data:`DROP_REASONS`). When gpsd goes away (restarted, not yet up) the
+outage is logged once, and the source reconnects with backoff on the
+:class:`~preemption.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gps.nmea import MAX_SPEED_MS
+from gps.serial import Backoff
+from preemption.clock import Clock
+from preemption.model import Fix, FixQuality
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DROP_REASONS",
+    "MAX_LINE",
+    "GpsdDecoder",
+    "GpsdSource",
+    "watch_command",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 2947
+MAX_LINE: Final = 64 * 1024  # gpsd's largest reports (SKY with every satellite) are a few kB
+
+DROP_REASONS: Final = frozenset(
+    {
+        "line_too_long",  # a line longer than MAX_LINE
+        "bad_json",  # not JSON, or not UTF-8
+        "not_a_report",  # JSON, but not an object with a string "class"
+        "bad_report",  # a TPV whose fields have the wrong types (mode not 0..3, text for numbers)
+        "other_device",  # a TPV of another device than the one asked for
+        "no_fix",  # TPV mode 0 or 1, or status 0
+        "no_time",  # TPV without time (gpsd has a position but no time yet)
+        "bad_time",  # time that is not ISO 8601
+        "no_position",  # TPV without lat or lon
+        "impossible_coordinates",  # out of range, not finite, or exactly 0,0
+        "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
+        "duplicate_epoch",  # same time as the last fix (gpsd repeats TPV while it learns)
+        "time_backwards",  # earlier than the last fix
+    }
+)
+
+# TPV "status" (gpsd 3.22 and later) to the GGA-style quality of the contract.
+_STATUS_QUALITY: Final = {
+    1: FixQuality.GPS,
+    2: FixQuality.DGPS,
+    3: FixQuality.RTK,
+    4: FixQuality.FLOAT_RTK,
+    5: FixQuality.ESTIMATED,  # dead reckoning alone
+    6: FixQuality.GPS,  # GNSS with dead reckoning
+    7: FixQuality.MANUAL,  # time only: a surveyed-in position
+    8: FixQuality.SIMULATED,
+    9: FixQuality.PPS,
+}
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Sky:
+    received: float  # clock monotonic
+    hdop: float | None
+    satellites: int | None
+
+
+def watch_command(device: str | None = None) -> bytes:
+    """The WATCH that asks gpsd for JSON reports (of one device, if given)."""
+    watch: dict[str, object] = {"enable": True, "json": True}
+    if device is not None:
+        watch["device"] = device
+    return b"?WATCH=" + json.dumps(watch, separators=(",", ":")).encode() + b";\n"
+
+
+class GpsdDecoder:
+    """Turns gpsd's report lines into fixes for one vehicle; never raises on input.
+
+    ``device``: use only reports of this device path (gpsd may serve several).
+    ``sky_max_age_s``: how old (on the caller's monotonic clock) the last SKY
+    may be to lend its hdop and satellite count to a TPV.
+    """
+
+    def __init__(
+        self,
+        vehicle: str,
+        source: str,
+        *,
+        device: str | None = None,
+        sky_max_age_s: float = 5.0,
+    ) -> None:
+        self.vehicle = vehicle
+        self.source = source
+        self.device = device
+        self.dropped: Counter[str] = Counter()
+        self.reports: Counter[str] = Counter()  # by class, whatever became of them
+        self._sky_max_age_s = sky_max_age_s
+        self._sky: dict[str, _Sky] = {}
+        self._last_time: float | None = None
+
+    def feed_line(self, line: bytes | str, now: float) -> Fix | None:
+        """One line from gpsd (with or without its end); ``now`` is the monotonic time."""
+        if len(line) > MAX_LINE:
+            self.dropped["line_too_long"] += 1
+            return None
+        if not line.strip():
+            return None
+        try:
+            report = json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
+            self.dropped["bad_json"] += 1
+            return None
+        if not isinstance(report, dict) or not isinstance(report.get("class"), str):
+            self.dropped["not_a_report"] += 1
+            return None
+        kind = report["class"]
+        self.reports[kind] += 1
+        try:
+            if kind == "TPV":
+                return self._tpv(report, now)
+            if kind == "SKY":
+                self._take_sky(report, now)
+            elif kind == "ERROR":
+                log.warning(
+                    "gpsd (%s) reports an error: %r; check the gpsd version and the WATCH request",
+                    self.source,
+                    report.get("message"),
+                )
+        except _Drop as drop:
+            self.dropped[drop.reason] += 1
+        except Exception:
+            # A report shaped in a way no check above foresaw: the peer's fault, not ours.
+            self.dropped["bad_report"] += 1
+        return None
+
+    def _tpv(self, report: Mapping[str, Any], now: float) -> Fix:
+        device = report.get("device")
+        if self.device is not None and device != self.device:
+            raise _Drop("other_device")
+        mode = report.get("mode")
+        if type(mode) is not int or not 0 <= mode <= 3:
+            raise _Drop("bad_report")
+        if mode < 2:
+            raise _Drop("no_fix")
+        if "time" not in report:
+            raise _Drop("no_time")
+        time = _time(report["time"])
+        if "lat" not in report or "lon" not in report:
+            raise _Drop("no_position")
+        lat, lon = _number(report["lat"]), _number(report["lon"])
+        if lat is None or lon is None:
+            raise _Drop("bad_report")
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+            raise _Drop("impossible_coordinates")  # NaN fails the range test too
+        speed = _number(report.get("speed"))
+        if speed is not None and not 0.0 <= speed <= MAX_SPEED_MS:
+            raise _Drop("impossible_speed")
+        track = _number(report.get("track"))
+        course = track % 360.0 if track is not None and 0.0 <= track <= 360.0 else None
+        status = report.get("status", 1)
+        if type(status) is not int:
+            raise _Drop("bad_report")
+        if status == 0:
+            raise _Drop("no_fix")  # a mode 2/3 TPV that says "no fix" is not trusted
+        quality = _STATUS_QUALITY.get(status, FixQuality.GPS)
+        if self._last_time is not None:
+            if time == self._last_time:
+                raise _Drop("duplicate_epoch")
+            if time < self._last_time:
+                raise _Drop("time_backwards")
+        self._last_time = time
+        sky = self._sky.get(device if isinstance(device, str) else "")
+        if sky is not None and now - sky.received > self._sky_max_age_s:
+            sky = None
+        return Fix(
+            vehicle=self.vehicle,
+            time=time,
+            lat=lat,
+            lon=lon,
+            speed=speed,
+            course=course,
+            hdop=sky.hdop if sky else None,
+            quality=quality,
+            source=self.source,
+            satellites=sky.satellites if sky else None,
+        )
+
+    def _take_sky(self, report: Mapping[str, Any], now: float) -> None:
+        device = report.get("device")
+        if self.device is not None and device != self.device:
+            return
+        # A SKY only lends to the next TPV: a malformed one lends nothing and is no drop.
+        value = report.get("hdop")
+        hdop = float(value) if type(value) is int or type(value) is float else None
+        if hdop is not None and not 0.0 < hdop < math.inf:
+            hdop = None
+        used = report.get("uSat")
+        if type(used) is not int:
+            satellites = report.get("satellites")
+            used = (
+                sum(1 for s in satellites if isinstance(s, dict) and s.get("used") is True)
+                if isinstance(satellites, list)
+                else None
+            )
+        if used is not None and not 0 <= used <= 1000:
+            used = None
+        key = device if isinstance(device, str) else ""
+        self._sky[key] = _Sky(now, hdop, used)
+
+
+def _number(value: object) -> float | None:
+    """A JSON number as float; None when absent; a wrong type is a bad report."""
+    if value is None:
+        return None
+    if type(value) is int or type(value) is float:
+        return float(value)
+    raise _Drop("bad_report")
+
+
+def _time(value: object) -> float:
+    if not isinstance(value, str):
+        raise _Drop("bad_time")
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise _Drop("bad_time") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)  # gpsd speaks UTC, and says so with a Z
+    try:
+        return stamp.timestamp()
+    except (OverflowError, ValueError):
+        raise _Drop("bad_time") from None
+
+
+class GpsdSource:
+    """Fixes of one vehicle from gpsd over TCP, reconnecting when gpsd goes away.
+
+    Iterate once. Counters: ``outages`` (gpsd lost or not reachable at first),
+    ``reconnects`` (outages that ended: gpsd answered again),
+    ``connect_failures``; :attr:`dropped` and :attr:`reports` from the decoder.
+    ``idle_timeout_s``: treat a connection that stays silent this long as dead
+    (gpsd sends TPV every second while a receiver is attached); None waits forever.
+    """
+
+    def __init__(
+        self,
+        vehicle: str,
+        clock: Clock,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        device: str | None = None,
+        backoff: Backoff | None = None,
+        connect_timeout_s: float = 5.0,
+        idle_timeout_s: float | None = None,
+        sky_max_age_s: float = 5.0,
+        source: str | None = None,
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"gpsd port must be 1..65535, not {port!r}; fix the gpsd settings")
+        if not (0.0 < connect_timeout_s < math.inf):
+            raise ValueError(f"connect_timeout_s must be positive, not {connect_timeout_s!r}")
+        if idle_timeout_s is not None and not (0.0 < idle_timeout_s < math.inf):
+            raise ValueError(f"idle_timeout_s must be positive or None, not {idle_timeout_s!r}")
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self.decoder = GpsdDecoder(
+            vehicle,
+            source or f"gpsd://{self.address}{device or ''}",
+            device=device,
+            sky_max_age_s=sky_max_age_s,
+        )
+        self.outages = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.connected = False
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._outage_since: float | None = None
+        self._attempts = 0
+
+    @property
+    def vehicle(self) -> str:
+        return self.decoder.vehicle
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self.decoder.dropped
+
+    @property
+    def reports(self) -> Counter[str]:
+        return self.decoder.reports
+
+    def __aiter__(self) -> AsyncGenerator[Fix, None]:
+        return self._fixes()
+
+    async def _fixes(self) -> AsyncGenerator[Fix, None]:
+        delays = self._backoff.delays()
+        while True:
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    reader, writer = await asyncio.open_connection(
+                        self.host, self.port, limit=4 * MAX_LINE
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, unreachable, timed out, bad host name
+                self.connect_failures += 1
+                self._lost(f"cannot connect ({_describe(exc)})")
+                await self._clock.sleep(next(delays))
+                continue
+            self.connected = True
+            talking = False
+            try:
+                writer.write(watch_command(self.decoder.device))
+                await writer.drain()
+                while True:
+                    try:
+                        async with asyncio.timeout(self._idle_timeout_s):
+                            line = await reader.readline()
+                    except ValueError:  # longer than the stream's limit; the rest is dropped
+                        self.decoder.dropped["line_too_long"] += 1
+                        continue
+                    if not line:
+                        reason = "gpsd closed the connection"
+                        break
+                    if not talking:
+                        talking = True
+                        self._back()
+                        delays = self._backoff.delays()
+                    fix = self.decoder.feed_line(line, self._clock.monotonic())
+                    if fix is not None:
+                        yield fix
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                reason = f"gpsd sent nothing for {self._idle_timeout_s} s"
+            except Exception as exc:
+                reason = f"the connection failed ({_describe(exc)})"
+            finally:
+                self.connected = False
+                await _close(writer, self.address)
+            self._lost(reason)
+            await self._clock.sleep(next(delays))
+
+    def _lost(self, reason: str) -> None:
+        self._attempts += 1
+        if self._outage_since is None:
+            self._outage_since = self._clock.monotonic()
+            self.outages += 1
+            log.warning(
+                "gpsd at %s for vehicle %s: %s. Fixes stop until it is back; retrying with "
+                "backoff up to %.0f s. Check that gpsd is running (systemctl status gpsd), "
+                "that it listens on %s, and that a receiver is attached (gpspipe -w %s).",
+                self.address,
+                self.vehicle,
+                reason,
+                self._backoff.max_s,
+                self.address,
+                self.address,
+            )
+        else:
+            log.debug("gpsd at %s still unavailable: %s", self.address, reason)
+
+    def _back(self) -> None:
+        if self._outage_since is not None:
+            self.reconnects += 1
+            log.info(
+                "gpsd at %s for vehicle %s is back after %.1f s (%d attempts)",
+                self.address,
+                self.vehicle,
+                self._clock.monotonic() - self._outage_since,
+                self._attempts,
+            )
+        self._outage_since = None
+        self._attempts = 0
+
+
+async def _close(writer: asyncio.StreamWriter, address: str) -> None:
+    try:
+        writer.close()
+        async with asyncio.timeout(2.0):
+            await writer.wait_closed()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("closing the connection to gpsd at %s: %s", address, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,265 @@
+"""A receiver on a serial line: NMEA bytes in, :class:`~preemption.model.Fix` out.
+
+The port is opened with pyserial-asyncio-fast and decoded by
+:class:`~gps.nmea.NmeaDecoder`. A serial receiver in a fire engine gets
+unplugged, browns out with the ignition and re-enumerates on USB, so the
+source outlives its device: a read error, an end of file or a failed open
+(the path is gone) starts an *outage*, logged once with the device and what to
+check; the source then reopens the port with exponential backoff on the
+:class:`~preemption.clock.Clock` until the device is back, and carries on with
+the same decoder (so time order and drop counters span the outage). An outage
+ends when bytes arrive again, not when the open succeeds: a port that opens and
+drops at once is still an outage, and is not logged again at every attempt.
+
+A receiver sends an epoch as a burst of sentences and then nothing until the
+next one. When the line has been quiet for ``quiet_flush_s`` the decoder is
+flushed, so the last epoch before a pause (or the only epoch of a receiver
+whose cycle the decoder has not learned yet) is not held back.
+
+Nothing that comes down the line raises out of the iterator; cancelling the
+task that iterates (or closing the iterator) closes the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import serial_asyncio_fast
+
+from gps.nmea import NmeaDecoder
+from preemption.clock import Clock
+from preemption.model import Fix
+
+__all__ = ["Backoff", "Closable", "Opener", "SerialNmeaSource"]
+
+log = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delays between attempts to reach a device or daemon that has gone away.
+
+    ``initial_s``, then ``factor`` times the last delay, never more than
+    ``max_s``. The sequence restarts once the device delivers data again.
+    """
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.initial_s <= self.max_s < math.inf):
+            raise ValueError(
+                f"backoff needs 0 < initial_s <= max_s < inf, got initial_s={self.initial_s!r}, "
+                f"max_s={self.max_s!r}; fix the reconnect settings"
+            )
+        if not (1.0 <= self.factor < math.inf):
+            raise ValueError(
+                f"backoff factor must be a finite number >= 1, got {self.factor!r}; "
+                "fix the reconnect settings"
+            )
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        while True:
+            yield delay
+            delay = min(delay * self.factor, self.max_s)
+
+
+class Closable(Protocol):
+    """The part of a stream writer the source needs: closing the port."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, Closable]]]
+"""Opens the line once: a reader of its bytes and a handle that closes it."""
+
+
+class SerialNmeaSource:
+    """Fixes of one vehicle from an NMEA receiver on a serial device.
+
+    ``device`` is a path (``/dev/ttyUSB0``, a ``/dev/serial/by-id/...`` link)
+    or any pyserial URL (``rfc2217://host:port``). Iterate once; the counters
+    keep counting while it runs:
+
+    * ``outages``: times the device was lost (or could not be opened at first);
+    * ``reconnects``: outages that ended: the device was reopened and sent data;
+    * ``open_failures``: failed attempts to open it;
+    * ``flushes``: quiet-line flushes that completed an epoch;
+    * ``bytes_read``; :attr:`dropped`: the decoder's drop counters.
+
+    The port is locked (``flock``) while open, so a second reader of the same
+    device fails to open it instead of stealing half of its bytes. ``opener``
+    replaces pyserial-asyncio-fast, for tests and unusual transports: on a
+    ``SimClock`` use one, because pyserial-asyncio-fast opens (and closes) the
+    port in a worker thread, and simulated time jumps ahead while it works.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        vehicle: str,
+        clock: Clock,
+        *,
+        baudrate: int = 9600,
+        quiet_flush_s: float = 1.5,
+        backoff: Backoff | None = None,
+        source: str | None = None,
+        date_hint: dt.date | None = None,
+        read_size: int = 4096,
+        opener: Opener | None = None,
+    ) -> None:
+        if not (0.0 < quiet_flush_s < math.inf):
+            raise ValueError(
+                f"quiet_flush_s for {device} must be a positive number of seconds, "
+                f"not {quiet_flush_s!r}"
+            )
+        if baudrate <= 0:
+            raise ValueError(f"baudrate for {device} must be positive, not {baudrate!r}")
+        self.device = device
+        self.decoder = NmeaDecoder(vehicle, source or device, date_hint=date_hint)
+        self.outages = 0
+        self.reconnects = 0
+        self.open_failures = 0
+        self.flushes = 0
+        self.bytes_read = 0
+        self.connected = False
+        self._clock = clock
+        self._baudrate = baudrate
+        self._quiet_s = quiet_flush_s
+        self._backoff = backoff or Backoff()
+        self._read_size = read_size
+        self._opener = opener or self._open_serial
+        self._outage_since: float | None = None
+        self._attempts = 0
+
+    @property
+    def vehicle(self) -> str:
+        return self.decoder.vehicle
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self.decoder.dropped
+
+    def __aiter__(self) -> AsyncGenerator[Fix, None]:
+        return self._fixes()
+
+    async def _open_serial(self) -> tuple[asyncio.StreamReader, Closable]:
+        return await serial_asyncio_fast.open_serial_connection(
+            url=self.device, baudrate=self._baudrate, exclusive=True
+        )
+
+    async def _fixes(self) -> AsyncGenerator[Fix, None]:
+        delays = self._backoff.delays()
+        while True:
+            try:
+                reader, port = await self._opener()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The device boundary: a missing path, a permission, a busy or
+                # half-enumerated USB adapter; all of them mean "not now".
+                self.open_failures += 1
+                self._lost(f"cannot open it ({_describe(exc)})")
+                await self._clock.sleep(next(delays))
+                continue
+            self.connected = True
+            talking = False  # the outage ends with the first bytes, not with the open
+            pending = False  # bytes fed since the last flush
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self._quiet_s if pending else None):
+                            data = await reader.read(self._read_size)
+                    except TimeoutError:
+                        pending = False
+                        fixes = self.decoder.flush()
+                        self.flushes += bool(fixes)
+                    else:
+                        if not data:
+                            reason = "the line ended (end of file)"
+                            break
+                        if not talking:
+                            talking = True
+                            self._back()
+                            delays = self._backoff.delays()
+                        pending = True
+                        self.bytes_read += len(data)
+                        fixes = self.decoder.feed(data)
+                    for fix in fixes:
+                        yield fix
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"reading failed ({_describe(exc)})"
+            finally:
+                self.connected = False
+                await _close(port, self.device)
+            # Whatever the decoder still holds arrived before the outage.
+            for fix in self.decoder.flush():
+                yield fix
+            self._lost(reason)
+            await self._clock.sleep(next(delays))
+
+    def _lost(self, reason: str) -> None:
+        """Start or continue an outage; only its start is logged as a warning."""
+        self._attempts += 1
+        if self._outage_since is None:
+            self._outage_since = self._clock.monotonic()
+            self.outages += 1
+            log.warning(
+                "GPS receiver %s of vehicle %s: %s. Fixes stop until it is back; retrying "
+                "with backoff up to %.0f s. Check that the receiver is plugged in and powered, "
+                "that %s exists (ls -l; USB adapters may come back under another name, use a "
+                "/dev/serial/by-id/ path), that nothing else holds it open, and that this user "
+                "may read it (group dialout).",
+                self.device,
+                self.vehicle,
+                reason,
+                self._backoff.max_s,
+                self.device,
+            )
+        else:
+            log.debug("GPS receiver %s still unavailable: %s", self.device, reason)
+
+    def _back(self) -> None:
+        if self._outage_since is not None:
+            self.reconnects += 1
+            log.info(
+                "GPS receiver %s of vehicle %s is back after %.1f s (%d attempts)",
+                self.device,
+                self.vehicle,
+                self._clock.monotonic() - self._outage_since,
+                self._attempts,
+            )
+        self._outage_since = None
+        self._attempts = 0
+
+
+async def _close(port: Closable, device: str) -> None:
+    """Close the port and wait for it, without letting a failing close raise."""
+    try:
+        port.close()
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await port.wait_closed()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("closing %s: %s", device, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
