@@ -53,7 +53,7 @@ def load_routes(paths: Path | str | Sequence[Path | str], epsg: int | None = Non
     """
     if isinstance(paths, str | Path):
         paths = [paths]
-    raw: list[tuple[Path, dict[str, Any]]] = []
+    raw: list[tuple[Path, Mapping[str, Any]]] = []
     for p in paths:
         path = Path(p)
         try:
@@ -63,6 +63,17 @@ def load_routes(paths: Path | str | Sequence[Path | str], epsg: int | None = Non
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RouteFileError(f"{path}: not readable as GeoJSON: {exc}") from None
         raw.append((path, doc))
+    return _build(raw, epsg)
+
+
+def load_routes_from_document(
+    doc: Mapping[str, Any], epsg: int | None = None, name: str = "<document>"
+) -> RouteSet:
+    """Like :func:`load_routes`, for a GeoJSON document already in memory."""
+    return _build([(Path(name), doc)], epsg)
+
+
+def _build(raw: Sequence[tuple[Path, Mapping[str, Any]]], epsg: int | None) -> RouteSet:
     routes = parse_routes(raw)
     allpts = [pt for r in routes for pt in r.geometry]
     projector = Projector(epsg) if epsg is not None else Projector.for_points(allpts)

@@ -1,0 +1,136 @@
+"""Everything the matcher needs about a set of routes, computed once per deployment.
+
+Per route: plain-float copies of the vertices for the hot path (a local
+projection in pure Python beats a numpy or shapely call for the two or three
+segments it looks at), the speed profile for ETAs, and the route network.
+Every vehicle's matcher shares one index.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import shapely
+from shapely.strtree import STRtree
+
+from preemption.model import SignalPoint
+from routes.geojson import RouteSet
+from routes.geometry import MetricRoute
+from routes.network import RouteNetwork
+from routes.speed import EngineProfile, SpeedOverride, SpeedProfile
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    s: float  # along the route
+    offset: float  # signed lateral offset, left positive
+    heading: float  # route heading there, degrees true
+
+
+class RouteGeometry:
+    """One route's vertices as Python floats, for fast local projection."""
+
+    def __init__(self, mr: MetricRoute) -> None:
+        self.id = mr.id
+        self.length = mr.length
+        self.xs = [float(v) for v in mr.xy[:, 0]]
+        self.ys = [float(v) for v in mr.xy[:, 1]]
+        self.cum = [float(v) for v in mr.cum]
+        n = len(self.xs) - 1
+        self.ux: list[float] = []
+        self.uy: list[float] = []
+        self.seglen: list[float] = []
+        self.heading: list[float] = []
+        for i in range(n):
+            dx, dy = self.xs[i + 1] - self.xs[i], self.ys[i + 1] - self.ys[i]
+            d = math.hypot(dx, dy) or 1e-9
+            self.ux.append(dx / d)
+            self.uy.append(dy / d)
+            self.seglen.append(d)
+            self.heading.append(math.degrees(math.atan2(dx, dy)) % 360.0)
+
+    def project_near(self, x: float, y: float, s0: float, s1: float) -> Projection:
+        """Nearest point to (x, y) on the part of the route between ``s0`` and ``s1``."""
+        cum = self.cum
+        n = len(self.seglen)
+        i0 = max(0, min(n - 1, bisect_right(cum, s0) - 1))
+        i1 = max(i0, min(n - 1, bisect_right(cum, s1) - 1))
+        best_d2 = math.inf
+        best = (0.0, 0.0, 0)
+        xs, ys, ux, uy, seglen = self.xs, self.ys, self.ux, self.uy, self.seglen
+        for i in range(i0, i1 + 1):
+            px, py = x - xs[i], y - ys[i]
+            t = px * ux[i] + py * uy[i]
+            if t < 0.0:
+                t = 0.0
+            elif t > seglen[i]:
+                t = seglen[i]
+            ex, ey = px - t * ux[i], py - t * uy[i]
+            d2 = ex * ex + ey * ey
+            if d2 < best_d2:
+                best_d2 = d2
+                # Left of travel when the cross product of direction and offset is positive.
+                side = ux[i] * py - uy[i] * px
+                best = (cum[i] + t, side, i)
+        s, side, i = best
+        d = math.sqrt(best_d2)
+        return Projection(s, d if side >= 0 else -d, self.heading[i])
+
+    def heading_agreement(self, course: float, s: float, radius: float) -> float:
+        """Best cos(course - heading) over the segments within ``radius`` of ``s``.
+
+        Near a corner the projection may land a few metres on the wrong side of the
+        vertex; judging the course by the best-fitting nearby segment keeps a
+        turning engine from being penalised for the road's own turn.
+        """
+        cum = self.cum
+        n = len(self.seglen)
+        i0 = max(0, min(n - 1, bisect_right(cum, s - radius) - 1))
+        i1 = max(i0, min(n - 1, bisect_right(cum, s + radius) - 1))
+        c = math.radians(course)
+        best = -1.0
+        for i in range(i0, i1 + 1):
+            v = math.cos(c - math.radians(self.heading[i]))
+            if v > best:
+                best = v
+        return best
+
+    def heading_at(self, s: float) -> float:
+        i = max(0, min(len(self.seglen) - 1, bisect_right(self.cum, s) - 1))
+        return self.heading[i]
+
+
+class RouteIndex:
+    """Routes, their network, geometry for the hot path and speed profiles."""
+
+    def __init__(
+        self,
+        routes: RouteSet,
+        profile: EngineProfile | None = None,
+        overrides: Mapping[str, Sequence[SpeedOverride]] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.projector = routes.projector
+        self.profile = profile or EngineProfile()
+        self.network = RouteNetwork(routes)
+        self.geometry = {mr.id: RouteGeometry(mr) for mr in routes}
+        self.speed = {
+            mr.id: SpeedProfile(mr, self.profile, (overrides or {}).get(mr.id, ())) for mr in routes
+        }
+        self.signals: dict[str, tuple[SignalPoint, ...]] = {mr.id: mr.signals for mr in routes}
+        self._ids = list(routes.routes)
+        self._tree = STRtree([mr.line for mr in routes])
+
+    def near(self, x: float, y: float, distance: float) -> list[str]:
+        """Ids of the routes passing within ``distance`` of (x, y)."""
+        hits = self._tree.query(shapely.Point(x, y), predicate="dwithin", distance=distance)
+        return [self._ids[int(i)] for i in sorted(hits)]
+
+    def locate(self, route: str, x: float, y: float) -> Projection:
+        """Nearest point on the whole route (for acquisition, not the hot path)."""
+        mr = self.routes[route]
+        s, offset = mr.locate(x, y)
+        return Projection(s, offset, self.geometry[route].heading_at(s))
