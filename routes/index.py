@@ -51,6 +51,12 @@ class RouteGeometry:
             self.uy.append(dy / d)
             self.seglen.append(d)
             self.heading.append(math.degrees(math.atan2(dx, dy)) % 360.0)
+        # Cumulative absolute change of heading at the vertices, to find corners fast.
+        self.turn_cum = [0.0]
+        for i in range(1, n):
+            d = abs((self.heading[i] - self.heading[i - 1] + 180.0) % 360.0 - 180.0)
+            self.turn_cum.append(self.turn_cum[-1] + d)
+        self.turn_cum.append(self.turn_cum[-1])
 
     def project_near(self, x: float, y: float, s0: float, s1: float) -> Projection:
         """Nearest point to (x, y) on the part of the route between ``s0`` and ``s1``."""
@@ -78,6 +84,20 @@ class RouteGeometry:
         s, side, i = best
         d = math.sqrt(best_d2)
         return Projection(s, d if side >= 0 else -d, self.heading[i])
+
+    def turn_between(self, s0: float, s1: float) -> float:
+        """Degrees the route turns between ``s0`` and ``s1`` (sum of absolute changes)."""
+        cum = self.cum
+        n = len(self.seglen)
+        i0 = max(0, min(n - 1, bisect_right(cum, s0) - 1))
+        i1 = max(i0, min(n - 1, bisect_right(cum, s1) - 1))
+        return self.turn_cum[i1] - self.turn_cum[i0]
+
+    def point_at(self, s: float) -> tuple[float, float]:
+        n = len(self.seglen)
+        i = max(0, min(n - 1, bisect_right(self.cum, s) - 1))
+        t = min(max(s - self.cum[i], 0.0), self.seglen[i])
+        return self.xs[i] + t * self.ux[i], self.ys[i] + t * self.uy[i]
 
     def heading_agreement(self, course: float, s: float, radius: float) -> float:
         """Best cos(course - heading) over the segments within ``radius`` of ``s``.

@@ -46,7 +46,7 @@ from enum import StrEnum
 
 from preemption.model import Fix, RoutePosition, SignalEta
 from routes.geojson import RouteSet
-from routes.index import Projection, RouteIndex
+from routes.index import Projection, RouteGeometry, RouteIndex
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -69,7 +69,7 @@ class MatcherConfig:
     heading_kappa: float = 4.0  # von Mises concentration of course over ground
     min_course_speed: float = 3.0  # m/s below which course over ground is noise
     corner_m: float = 12.0  # the course may match any segment this close (corners)
-    speed_sigma: float = 1.0  # m/s error of the along-route speed over one interval
+    speed_sigma: float = 0.5  # m/s error of the along-route travel over one interval
     acquire_m: float = 40.0  # a route this close may be the one
     acquire_heading_deg: float = 60.0  # and only when the course agrees this well
     commit_probability: float = 0.95
@@ -82,20 +82,95 @@ class MatcherConfig:
     uturn_heading_deg: float = 120.0
     uturn_fixes: int = 2
     dead_reckoning_s: float = 30.0
+    corner_turn_deg: float = 20.0  # a turn this sharp within reach is handled as a corner
+    corner_sigmas: float = 2.5  # how far along the route (in sigma of s) a corner is looked for
+    resync_after: int = 8  # consecutive outliers (longer than a multipath burst) before resync
     max_speed: float = 40.0  # m/s; faster apparent motion is not motion
 
 
 @dataclass(slots=True)
 class _Hypothesis:
+    """One route the vehicle may be on: a Kalman filter over (s, receiver error east/north).
+
+    The fixes are route(s) + error + noise. Along a straight road, s and the
+    along-track error are told apart only by the speed over ground, which is far
+    more precise than a position over a few seconds; at every turn the old
+    along-track error shows up across the road and the filter corrects s.
+    """
+
     s: float
     logw: float
-    bx: float = 0.0  # receiver error estimate, metres east
-    by: float = 0.0  # metres north
+    bx: float = 0.0
+    by: float = 0.0
+    # Covariance of (s, bx, by), upper triangle.
+    pss: float = 0.0
+    psx: float = 0.0
+    psy: float = 0.0
     pxx: float = 0.0
     pxy: float = 0.0
     pyy: float = 0.0
+    s_out: float = 0.0  # reported distance: never backwards (a reversal is a verdict)
     proj: Projection | None = None
     innovation: float = 0.0  # last cross-track innovation
+
+    def predict(self, travel: float, q_s: float, phi: float, q_b: float) -> None:
+        self.s += travel
+        self.bx *= phi
+        self.by *= phi
+        self.pss += q_s
+        self.psx *= phi
+        self.psy *= phi
+        f2 = phi * phi
+        self.pxx = f2 * self.pxx + q_b
+        self.pxy = f2 * self.pxy
+        self.pyy = f2 * self.pyy + q_b
+
+    def gate(
+        self, proj: Projection, r: float
+    ) -> tuple[float, float, float, float, float, float, float, float, float, float, float]:
+        """Innovation, its covariance and P·Hᵀ for the fix projected at ``proj``.
+
+        Measurement: along-track ``proj.s - s`` = ds + u·db; across ``offset`` = n·db.
+        """
+        hr = math.radians(proj.heading)
+        ux, uy = math.sin(hr), math.cos(hr)
+        nx, ny = -uy, ux
+        # P·Hᵀ, columns for the along and the across row of H = [[1, ux, uy], [0, nx, ny]].
+        a0 = self.pss + ux * self.psx + uy * self.psy
+        a1 = self.psx + ux * self.pxx + uy * self.pxy
+        a2 = self.psy + ux * self.pxy + uy * self.pyy
+        c0 = nx * self.psx + ny * self.psy
+        c1 = nx * self.pxx + ny * self.pxy
+        c2 = nx * self.pxy + ny * self.pyy
+        s11 = a0 + ux * a1 + uy * a2 + r
+        s12 = c0 + ux * c1 + uy * c2
+        s22 = nx * c1 + ny * c2 + r
+        return proj.s - self.s, proj.offset, s11, s12, s22, a0, a1, a2, c0, c1, c2
+
+    def correct(
+        self,
+        e1: float,
+        e2: float,
+        s11: float,
+        s12: float,
+        s22: float,
+        a: tuple[float, float, float],
+        c: tuple[float, float, float],
+    ) -> None:
+        det = s11 * s22 - s12 * s12
+        i11, i12, i22 = s22 / det, -s12 / det, s11 / det
+        # K = P·Hᵀ·S⁻¹, rows for s, bx, by.
+        k = [(a[j] * i11 + c[j] * i12, a[j] * i12 + c[j] * i22) for j in range(3)]
+        self.s += k[0][0] * e1 + k[0][1] * e2
+        self.bx += k[1][0] * e1 + k[1][1] * e2
+        self.by += k[2][0] * e1 + k[2][1] * e2
+        # P -= K (P·Hᵀ)ᵀ
+        self.pss -= k[0][0] * a[0] + k[0][1] * c[0]
+        self.psx -= k[0][0] * a[1] + k[0][1] * c[1]
+        self.psy -= k[0][0] * a[2] + k[0][1] * c[2]
+        self.pxx -= k[1][0] * a[1] + k[1][1] * c[1]
+        self.pxy -= k[1][0] * a[2] + k[1][1] * c[2]
+        self.pyy -= k[2][0] * a[2] + k[2][1] * c[2]
 
 
 class RouteMatcher:
@@ -119,6 +194,7 @@ class RouteMatcher:
         self._speed = 0.0
         self._leaving = 0
         self._reversing = 0
+        self._outliers = 0  # consecutive fixes nothing explained
         self._last: RoutePosition | None = None
 
     # -- inputs from outside --------------------------------------------------
@@ -188,114 +264,120 @@ class RouteMatcher:
     def _acquire(self, fix: Fix, x: float, y: float, course_ok: bool) -> bool:
         cfg = self.config
         for r in self.index.near(x, y, cfg.acquire_m):
-            proj = self.index.locate(r, x, y)
-            if course_ok and _angle(fix.course or 0.0, proj.heading) > cfg.acquire_heading_deg:
-                continue  # crossing the route, or driving it the wrong way
-            var = cfg.sigma_m**2
-            ll = -0.5 * (proj.offset**2 / (var + cfg.white_m**2))
-            self._hyps[r] = _Hypothesis(
-                s=proj.s,
-                logw=math.log(self._prior(r)) + ll,
-                pxx=var,
-                pyy=var,
-                proj=proj,
-            )
+            h = self._start(r, x, y, fix, course_ok, math.log(self._prior(r)))
+            if h is not None:
+                self._hyps[r] = h
         if not self._hyps:
             return False
         self.counters["acquired"] += 1
         self.verdict = Verdict.TRACKING
         self._speed = fix.speed or 0.0
-        self._leaving = self._reversing = 0
+        self._leaving = self._reversing = self._outliers = 0
         self._normalise()
         return True
+
+    def _start(
+        self, route: str, x: float, y: float, fix: Fix, course_ok: bool, logw: float
+    ) -> _Hypothesis | None:
+        """A fresh filter on ``route`` from one fix, or None if the fix does not fit it."""
+        cfg = self.config
+        proj = self.index.locate(route, x, y)
+        if abs(proj.offset) > cfg.acquire_m:
+            return None
+        if course_ok and _angle(fix.course or 0.0, proj.heading) > cfg.acquire_heading_deg:
+            return None  # crossing the route, or driving it the wrong way
+        var = cfg.sigma_m**2
+        h = _Hypothesis(s=proj.s, logw=logw, pss=4 * var, pxx=var, pyy=var, s_out=proj.s)
+        e1, e2, s11, s12, s22, *pc = h.gate(proj, cfg.white_m**2)
+        h.correct(e1, e2, s11, s12, s22, (pc[0], pc[1], pc[2]), (pc[3], pc[4], pc[5]))
+        h.logw += -0.5 * (e2 * e2 / s22)
+        h.proj = proj
+        h.s_out = h.s
+        return h
 
     def _track(self, fix: Fix, x: float, y: float, dt: float, course_ok: bool) -> None:
         cfg = self.config
         sog = fix.speed
         travel = 0.5 * (self._speed + (sog if sog is not None else self._speed)) * dt
         phi = math.exp(-dt / cfg.tau_s)
-        q = cfg.sigma_m**2 * (1.0 - phi * phi)
-        white2 = cfg.white_m**2
-        sig_s2 = white2 + (cfg.speed_sigma * dt) ** 2
-        window = 4.0 * math.sqrt(sig_s2 + cfg.sigma_m**2) + 10.0
+        q_b = cfg.sigma_m**2 * (1.0 - phi * phi)
+        q_s = (cfg.speed_sigma * dt) ** 2
+        r = cfg.white_m**2
         outlier_ll = math.log(cfg.outlier_prob / (math.pi * cfg.outlier_radius_m**2))
         inlier_log_prior = math.log(1.0 - cfg.outlier_prob)
-        results: list[tuple[_Hypothesis, float, float, float, float]] = []
+        results = []
         best_inlier = -math.inf
-        for r, h in self._hyps.items():
-            g = self.index.geometry[r]
-            s_pred = min(h.s + travel, g.length)
-            # Gauss-Markov prediction of the receiver error.
-            h.bx *= phi
-            h.by *= phi
-            h.pxx = phi * phi * h.pxx + q
-            h.pxy = phi * phi * h.pxy
-            h.pyy = phi * phi * h.pyy + q
-            # Project the fix with the estimated receiver error taken out.
-            proj = g.project_near(x - h.bx, y - h.by, s_pred - window, s_pred + window)
-            hr = math.radians(proj.heading)
-            ux, uy = math.sin(hr), math.cos(hr)
-            nx, ny = -uy, ux  # left normal
-            # What is left across the route is the innovation: the route is the truth there.
-            nu = proj.offset
-            pn_x = h.pxx * nx + h.pxy * ny
-            pn_y = h.pxy * nx + h.pyy * ny
-            s_cross = nx * pn_x + ny * pn_y + white2
-            ds = proj.s - s_pred
-            pu = ux * (h.pxx * ux + h.pxy * uy) + uy * (h.pxy * ux + h.pyy * uy)
-            s_along = sig_s2 + pu
-            ll = (
-                -0.5 * (nu * nu / s_cross + ds * ds / s_along)
-                - _LOG_2PI
-                - 0.5 * math.log(s_cross * s_along)
-            )
+        for rid, h in self._hyps.items():
+            g = self.index.geometry[rid]
+            h.predict(travel, q_s, phi, q_b)
+            sd = math.sqrt(max(h.pss, 1e-6))
+            reach = cfg.corner_sigmas * sd + 5.0
+            if g.turn_between(h.s - reach, h.s + reach) > cfg.corner_turn_deg:
+                # A corner within the along-track uncertainty: one linearisation would
+                # put the engine on one side of it. Weigh positions across it instead.
+                ll, s_best = _corner_likelihood(h, g, x, y, r, cfg.corner_sigmas)
+                step = cfg.corner_sigmas * sd / 4.0 + 1.0
+                proj = g.project_near(x - h.bx, y - h.by, s_best - step, s_best + step)
+                gate = h.gate(proj, r)
+            else:
+                window = 4.0 * math.sqrt(h.pss + h.pxx + h.pyy + r) + 10.0
+                # Project the fix with the estimated receiver error taken out.
+                proj = g.project_near(x - h.bx, y - h.by, h.s - window, h.s + window)
+                gate = h.gate(proj, r)
+                e1, e2, s11, s12, s22 = gate[:5]
+                det = s11 * s22 - s12 * s12
+                maha = (s22 * e1 * e1 - 2 * s12 * e1 * e2 + s11 * e2 * e2) / det
+                ll = -0.5 * maha - _LOG_2PI - 0.5 * math.log(det)
             if course_ok:
                 agree = g.heading_agreement(fix.course or 0.0, proj.s, cfg.corner_m)
                 ll += cfg.heading_kappa * (agree - 1.0)
             h.proj = proj
-            h.innovation = nu
-            results.append((h, s_pred, ll, nu, s_cross))
+            h.innovation = gate[1]
+            results.append((rid, h, ll, gate))
             best_inlier = max(best_inlier, ll + inlier_log_prior)
         outlier = best_inlier < outlier_ll
         if outlier:
-            # Nothing explains the fix: a multipath jump. Move on by the prediction only.
+            # Nothing explains the fix: a multipath jump. The prediction stands.
             self.counters["outliers"] += 1
-            for h, s_pred, _, _, _ in results:
-                h.s = max(h.s, s_pred)
+            self._outliers += 1
         else:
-            for h, s_pred, ll, nu, s_cross in results:
-                mix = _logaddexp(ll + inlier_log_prior, outlier_ll)
-                h.logw += cfg.evidence_weight * mix
+            self._outliers = 0
+            for _, h, ll, gate in results:
+                h.logw += cfg.evidence_weight * _logaddexp(ll + inlier_log_prior, outlier_ll)
                 assert h.proj is not None
-                hr = math.radians(h.proj.heading)
-                nx, ny = -math.cos(hr), math.sin(hr)
-                # Kalman update of the bias with the cross-track innovation, but only while
-                # the vehicle follows the route: heading away, the offset is its own doing.
+                # Heading away from the route, the offset is the driver's doing, not the
+                # receiver's: learn nothing from it.
                 if course_ok and _angle(fix.course or 0.0, h.proj.heading) > cfg.leave_heading_deg:
-                    h.s = max(h.s, s_pred if h.proj.s > s_pred else h.proj.s)
                     continue
-                pn_x = h.pxx * nx + h.pxy * ny
-                pn_y = h.pxy * nx + h.pyy * ny
-                kx, ky = pn_x / s_cross, pn_y / s_cross
-                h.bx += kx * nu
-                h.by += ky * nu
-                h.pxx -= kx * pn_x
-                h.pxy -= kx * pn_y
-                h.pyy -= ky * pn_y
-                # Along the route: the projection, never backwards (a U-turn is a verdict).
-                h.s = max(
-                    h.s,
-                    min(
-                        max(h.proj.s, s_pred - 3.0 * math.sqrt(sig_s2)),
-                        s_pred + 3.0 * math.sqrt(sig_s2),
-                    ),
-                )
+                e1, e2, s11, s12, s22, a0, a1, a2, c0, c1, c2 = gate
+                h.correct(e1, e2, s11, s12, s22, (a0, a1, a2), (c0, c1, c2))
+        for rid, h, _, _ in results:
+            h.s = min(max(h.s, 0.0), self.index.geometry[rid].length)
+            h.s_out = max(h.s_out, h.s)
         if sog is not None:
             self._speed = sog
         elif dt > 0 and results:
             self._speed = min(cfg.max_speed, max(0.0, travel / dt))
         self._normalise()
+        if self._outliers >= cfg.resync_after:
+            self._resync(fix, x, y, course_ok)
         self._judge(fix, course_ok, outlier)
+
+    def _resync(self, fix: Fix, x: float, y: float, course_ok: bool) -> None:
+        """Every fix an outlier for a while: the track is off, not the fixes. Start the
+        filters afresh from this fix, keeping what the weights have learned."""
+        self.counters["resync"] += 1
+        self._outliers = 0
+        for rid, h in list(self._hyps.items()):
+            fresh = self._start(rid, x, y, fix, course_ok, h.logw)
+            if fresh is None:
+                del self._hyps[rid]
+            else:
+                self._hyps[rid] = fresh
+        if self._hyps:
+            self._normalise()
+        else:
+            self._drop(Verdict.LEFT_ROUTE)
 
     def _judge(self, fix: Fix, course_ok: bool, outlier: bool) -> None:
         """Left the route or turned around? Every hypothesis must agree."""
@@ -354,22 +436,27 @@ class RouteMatcher:
         probs = self.probabilities()
         best = max(probs, key=probs.__getitem__)
         if self._committed not in probs or probs[self._committed] < cfg.keep_probability:
-            self._committed = best if probs[best] >= cfg.commit_probability else None
+            self._committed = (
+                best
+                if probs[best] >= cfg.commit_probability and self._past_fork(best, probs)
+                else None
+            )
         route = self._committed or best
         h = self._hyps[route]
         compatible = {r for r, p in probs.items() if p >= 1e-3}
         common = self.index.network.common_signals(compatible)
-        sigma_s = math.sqrt(cfg.white_m**2 + h.pxx + h.pyy)
-        ahead = [sig for sig in self.index.signals[route] if sig.stop_line_m > h.s]
+        sigma_s = math.sqrt(max(h.pss, 0.0))
+        s = h.s_out
+        ahead = [sig for sig in self.index.signals[route] if sig.stop_line_m > s]
         bands = self.index.speed[route].etas(
-            h.s, self._speed, [sig.stop_line_m for sig in ahead], sigma_s
+            s, self._speed, [sig.stop_line_m for sig in ahead], sigma_s
         )
         etas = tuple(
             SignalEta(
                 intersection=sig.intersection,
                 controller=sig.controller,
                 approach=sig.approach,
-                distance_m=sig.stop_line_m - h.s,
+                distance_m=sig.stop_line_m - s,
                 eta_s=eta,
                 early_s=early,
                 late_s=late,
@@ -383,13 +470,25 @@ class RouteMatcher:
             compatible=probs,
             committed=self._committed,
             route=route,
-            distance_m=h.s,
+            distance_m=s,
             speed=self._speed,
             offset_m=h.proj.offset if h.proj else 0.0,
             confidence=probs[route],
             on_route=True,
             etas=etas,
         )
+
+    def _past_fork(self, route: str, probs: Mapping[str, float]) -> bool:
+        """Has the vehicle surely left the stretch ``route`` shares with its rivals?
+
+        Weights can lean towards one branch before the fork when the receiver's
+        along-track error puts the fixes past the junction; the geometry decides
+        only once the vehicle is two sigmas of s beyond the fork.
+        """
+        h = self._hyps[route]
+        behind = h.s - 2.0 * math.sqrt(max(h.pss, 0.0))
+        shared = self.index.network.routes_sharing(route, max(behind, 0.0))
+        return not any(r in shared for r, p in probs.items() if r != route and p >= 1e-3)
 
     def _off(self, fix: Fix) -> RoutePosition:
         return RoutePosition(
@@ -405,6 +504,42 @@ class RouteMatcher:
             on_route=False,
             etas=(),
         )
+
+
+def _corner_likelihood(
+    h: _Hypothesis, g: RouteGeometry, x: float, y: float, r: float, sigmas: float
+) -> tuple[float, float]:
+    """Log-likelihood of the fix with s integrated over its uncertainty, and the best s.
+
+    Nine positions across +-``sigmas`` sigma of s; for each, the receiver error
+    conditioned on that s (s and the along-track error are correlated), and the
+    fix's 2-D density around the route point plus that error.
+    """
+    sd = math.sqrt(max(h.pss, 1e-6))
+    # Error given s: mean b + P_bs / p_ss (s_k - s), covariance P_bb - P_bs P_sb / p_ss, plus R.
+    gx, gy = h.psx / h.pss if h.pss > 0 else 0.0, h.psy / h.pss if h.pss > 0 else 0.0
+    cxx = h.pxx - h.psx * gx + r
+    cxy = h.pxy - h.psx * gy
+    cyy = h.pyy - h.psy * gy + r
+    det = cxx * cyy - cxy * cxy
+    norm = -_LOG_2PI - 0.5 * math.log(det)
+    terms = []
+    best = (-math.inf, h.s)
+    for k in range(-4, 5):
+        z = sigmas * k / 4.0
+        s_k = min(max(h.s + z * sd, 0.0), g.length)
+        px, py = g.point_at(s_k)
+        dx = x - px - (h.bx + gx * (s_k - h.s))
+        dy = y - py - (h.by + gy * (s_k - h.s))
+        maha = (cyy * dx * dx - 2 * cxy * dx * dy + cxx * dy * dy) / det
+        term = -0.5 * z * z - 0.5 * maha
+        terms.append(term)
+        if term > best[0]:
+            best = (term, s_k)
+    top = max(terms)
+    weights = sum(math.exp(-0.5 * (sigmas * k / 4.0) ** 2) for k in range(-4, 5))
+    ll = top + math.log(sum(math.exp(v - top) for v in terms)) - math.log(weights) + norm
+    return ll, best[1]
 
 
 def _angle(a: float, b: float) -> float:

@@ -1,0 +1,259 @@
+"""How well the matcher identifies the route, places the engine and predicts arrival.
+
+Engine runs on generated route sets (sim/synthetic.py: a station's tree of
+routes with the branch angles of real streets) are seen through the GNSS error
+model (sim/gnss.py) at 1 Hz and fed to the matcher fix by fix. Measured:
+
+- **commit distance** per branch point: where the matcher's probability mass on
+  the other branch first falls below 1 - commit probability, measured from the
+  point past the fork where the branches are 10 m apart (before it no receiver
+  can tell them apart); a *wrong commit* is the mass on the engine's own branch
+  falling that low, or the matcher committing to any route but the engine's;
+- **position error** along the route, on fixes matched to a route that runs
+  where the engine is (the engine's own, or one sharing that stretch);
+- **ETA error** of the prediction made 30 s before the engine reaches each
+  stop line;
+- **U-turn detection**: fixes from the moment the engine drives back until the
+  matcher reports it off the route.
+
+Engine kinematics: the route's speed profile (routes/speed.py) from a
+standstill, which is also the simulator's engine model, integrated at 10 Hz.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from preemption.model import Fix
+from routes.geojson import RouteSet, load_routes_from_document
+from routes.index import RouteIndex
+from routes.matcher import MatcherConfig, RouteMatcher
+from routes.speed import SpeedProfile
+from sim.gnss import GnssErrorConfig, GnssErrorModel, to_fix
+from sim.synthetic import SyntheticStation, generate_station
+
+T0 = 1_764_320_400.0  # 2025-11-28T09:00:00Z: fixes carry real-looking UTC times
+
+
+@dataclass(frozen=True, slots=True)
+class TruePoint:
+    t: float  # seconds since departure
+    s: float
+    v: float
+
+
+def drive(profile: SpeedProfile, s_end: float | None = None, dt: float = 0.1) -> list[TruePoint]:
+    """The engine from a standstill along its speed profile, sampled at 1 Hz."""
+    a = profile.profile.accel
+    end = profile.s[-1] if s_end is None else s_end
+    s = v = t = 0.0
+    out = [TruePoint(0.0, 0.0, 0.0)]
+    next_sample = 1.0
+    while s < end:
+        v_new = min(v + a * dt, profile.speed_at(s))
+        s += 0.5 * (v + v_new) * dt
+        v = v_new
+        t += dt
+        if t + 1e-9 >= next_sample:
+            out.append(TruePoint(next_sample, min(s, float(end)), v))
+            next_sample += 1.0
+    return out
+
+
+@dataclass
+class Results:
+    commits: list[tuple[str, float]] = field(default_factory=list)  # (angle class, distance)
+    undecided: list[str] = field(default_factory=list)  # branch points never decided
+    wrong: int = 0
+    decisions: int = 0
+    pos_err: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
+    eta30: list[float] = field(default_factory=list)
+    uturn_fixes: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        dists = [d for _, d in self.commits]
+        n = self.decisions or 1
+        within = sum(1 for d in dists if d <= 50.0)
+        out: dict[str, object] = {
+            "runs_branch_points": self.decisions,
+            "commit_within_50m_pct": round(100.0 * within / n, 2),
+            "median_commit_m": round(statistics.median(dists), 1) if dists else None,
+            "wrong_commit_pct": round(100.0 * self.wrong / n, 3),
+            "undecided": len(self.undecided),
+        }
+        by_class: dict[str, list[float]] = defaultdict(list)
+        for cls, d in self.commits:
+            by_class[cls].append(d)
+        for cls in self.undecided:
+            by_class[cls].append(math.inf)
+        out["by_angle_class"] = {
+            cls: {
+                "n": len(ds),
+                "commit_within_50m_pct": round(100.0 * sum(d <= 50 for d in ds) / len(ds), 2),
+                "median_commit_m": round(statistics.median(ds), 1),
+            }
+            for cls, ds in sorted(by_class.items())
+        }
+        for sigma, errs in sorted(self.pos_err.items()):
+            out[f"pos_err_p95_m_sigma{sigma:g}"] = round(float(np.percentile(errs, 95)), 2)
+        if self.eta30:
+            e = np.abs(np.asarray(self.eta30))
+            out["eta30_median_abs_s"] = round(float(np.median(e)), 2)
+            out["eta30_p90_abs_s"] = round(float(np.percentile(e, 90)), 2)
+        if self.uturn_fixes:
+            out["uturn_detect_fixes_max"] = max(self.uturn_fixes)
+            out["uturn_runs"] = len(self.uturn_fixes)
+        return out
+
+
+class Station:
+    """A generated station with its routes loaded as the daemon would load them."""
+
+    def __init__(self, synthetic: SyntheticStation) -> None:
+        self.synthetic = synthetic
+        self.routes: RouteSet = load_routes_from_document(synthetic.geojson, epsg=synthetic.epsg)
+        self.index = RouteIndex(self.routes)
+
+
+def stations(seed: int, count: int, routes_per_station: int = 6) -> Iterator[Station]:
+    for k in range(count):
+        yield Station(generate_station(seed * 1000 + k, routes_per_station))
+
+
+def run_identify(
+    station: Station,
+    route: str,
+    gnss: GnssErrorConfig,
+    seed: int,
+    results: Results,
+    matcher_config: MatcherConfig | None = None,
+    prior: str | None = None,
+) -> None:
+    """One engine run on ``route``: branch decisions, position and ETA errors."""
+    mr = station.routes[route]
+    profile = station.index.speed[route]
+    truth = drive(profile)
+    model = GnssErrorModel(gnss, seed=seed)
+    matcher = RouteMatcher("engine", station.index, matcher_config)
+    if prior is not None:
+        matcher.set_prior(prior)
+    branch_points = station.synthetic.routes[route].branch_points
+    decided: dict[str, float] = {}
+    wrong = False
+    arrivals = {sig.intersection: _arrival(truth, sig.stop_line_m) for sig in mr.signals}
+    eta_done: set[str] = set()
+    for tp in truth:
+        p = mr.at(tp.s)
+        obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
+        if obs is None:
+            continue
+        pos = matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
+        if pos.committed is not None and pos.committed != route:
+            wrong = True
+        for bp in branch_points:
+            if bp.fork in decided or tp.s < bp.s_fork_m:
+                continue
+            other = sum(pos.compatible.get(r, 0.0) for r in bp.other_routes)
+            own = 1.0 - other if pos.compatible else 0.0
+            threshold = 1.0 - matcher.config.commit_probability
+            if pos.on_route and other <= threshold:
+                decided[bp.fork] = tp.s - bp.s_apart_m
+            elif pos.on_route and own <= threshold:
+                decided[bp.fork] = math.nan
+                wrong = True
+        if pos.on_route and pos.route is not None and _runs_here(station, pos.route, route, tp.s):
+            results.pos_err[gnss.sigma_m].append(abs(pos.distance_m - tp.s))
+        for e in pos.etas:
+            arr = arrivals.get(e.intersection)
+            if arr is None or e.intersection in eta_done or pos.route != route:
+                continue
+            if 0.0 <= arr - tp.t <= 30.0:
+                eta_done.add(e.intersection)
+                results.eta30.append(e.eta_s - (arr - tp.t))
+    for bp in branch_points:
+        results.decisions += 1
+        d = decided.get(bp.fork)
+        if d is None:
+            results.undecided.append(bp.angle_class.value)
+        elif not math.isnan(d):
+            results.commits.append((bp.angle_class.value, d))
+    if wrong:
+        results.wrong += 1
+
+
+def run_uturn(
+    station: Station, route: str, gnss: GnssErrorConfig, seed: int, results: Results
+) -> None:
+    """Drive out, stop, turn around and drive back: fixes until the matcher says so."""
+    mr = station.routes[route]
+    profile = station.index.speed[route]
+    rng = np.random.default_rng(seed)
+    s_turn = float(rng.uniform(300.0, max(400.0, mr.length - 200.0)))
+    out = drive(profile, s_turn)
+    model = GnssErrorModel(gnss, seed=seed)
+    matcher = RouteMatcher("engine", station.index)
+    t = 0.0
+    for tp in out:
+        p = mr.at(tp.s)
+        obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
+        if obs is not None:
+            matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
+        t = tp.t
+    # Brake to a stop, turn (a few seconds at walking pace), drive back at 8 m/s.
+    s = out[-1].s
+    v = out[-1].v
+    while v > 0.5:
+        t += 1.0
+        v = max(0.0, v - 2.5)
+        s += v
+        p = mr.at(s)
+        obs = model.observe(t, p.x, p.y, v, p.heading_deg)
+        if obs is not None:
+            matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
+    fixes_after = 0
+    for k in range(1, 40):
+        t += 1.0
+        v = min(8.0, 2.0 * k)
+        s = max(0.0, s - v)
+        p = mr.at(s)
+        obs = model.observe(t, p.x, p.y, v, (p.heading_deg + 180.0) % 360.0)
+        if obs is None:
+            continue
+        fixes_after += 1
+        pos = matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
+        if not pos.on_route:
+            results.uturn_fixes.append(fixes_after)
+            return
+    results.uturn_fixes.append(10**6)  # never detected
+
+
+def _arrival(truth: Sequence[TruePoint], s: float) -> float | None:
+    for a, b in itertools.pairwise(truth):
+        if a.s <= s < b.s:
+            return a.t + (s - a.s) / max(b.s - a.s, 1e-9) * (b.t - a.t)
+    return None
+
+
+def _runs_here(station: Station, matched: str, true_route: str, s: float) -> bool:
+    """Does ``matched`` run where the engine is (its own route or a shared stretch)?"""
+    return matched == true_route or matched in station.index.network.routes_sharing(true_route, s)
+
+
+def fix_stream(station: Station, route: str, gnss: GnssErrorConfig, seed: int) -> list[Fix]:
+    """The fixes of one run (for throughput benchmarks)."""
+    mr = station.routes[route]
+    model = GnssErrorModel(gnss, seed=seed)
+    out = []
+    for tp in drive(station.index.speed[route]):
+        p = mr.at(tp.s)
+        obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
+        if obs is not None:
+            out.append(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
+    return out
