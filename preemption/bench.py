@@ -99,6 +99,143 @@ def bench_demo() -> dict[str, Any]:
     return {"wall_s": round(wall, 3), "realtime_factor": round(simulated / wall, 1)}
 
 
+def bench_match(n_runs: int = 25) -> dict[str, Any]:
+    """NMEA bytes to RoutePosition with ETAs, for 50 routes with about 200 signals.
+
+    Five generated stations of ten routes (sim/synthetic.py); engine runs seen
+    through the GNSS error model, written as RMC + GGA; one decoder and matcher
+    per run, timed fix by fix on one core.
+    """
+    from routes.geojson import load_routes_from_document
+    from routes.index import RouteIndex
+    from sim.gnss import GnssErrorConfig, GnssErrorModel, to_nmea
+    from sim.identify import T0, drive
+    from sim.synthetic import generate_city
+
+    city = generate_city(3, 5, 10)
+    routes = load_routes_from_document(city.geojson, epsg=city.epsg)
+    index = RouteIndex(routes)
+    runs: list[list[bytes]] = []
+    for k, rid in enumerate(sorted(routes.routes)[:n_runs]):
+        mr = routes[rid]
+        model = GnssErrorModel(GnssErrorConfig(), seed=k)
+        epochs = []
+        for tp in drive(index.speed[rid]):
+            p = mr.at(tp.s)
+            obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
+            if obs is not None:
+                lines = to_nmea(obs, routes.projector, time_offset_s=T0)
+                epochs.append(("\r\n".join(lines) + "\r\n").encode("ascii"))
+        runs.append(epochs)
+    lat: list[float] = []
+    fixes = signals = 0
+    started = time.perf_counter()
+    for k, epochs in enumerate(runs):
+        decoder = NmeaDecoder(vehicle=f"E{k}", source="bench")
+        matcher = RouteMatcher(f"E{k}", index)
+        for e in epochs:
+            t = time.perf_counter()
+            for fix in decoder.feed(e):
+                signals += len(matcher.update(fix).etas)
+                fixes += 1
+            lat.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - started
+    base = _baseline([e for r in runs for e in r])
+    q = statistics.quantiles(lat, n=100)
+    return {
+        "routes": len(routes),
+        "signals": len({s.intersection for mr in routes for s in mr.signals}),
+        "fixes": fixes,
+        "etas_per_fix": round(signals / max(fixes, 1), 1),
+        "fixes_per_s": round(fixes / elapsed, 1),
+        "p50_ms": round(q[49] * 1e3, 4),
+        "p99_ms": round(q[98] * 1e3, 4),
+        "ratio_to_baseline": round(elapsed / base, 2),
+    }
+
+
+def bench_nmea(repeat: int = 20) -> dict[str, Any]:
+    """Sentences per second through the decoder, on the real receiver logs of the tests."""
+    logs = sorted((Path(__file__).resolve().parent.parent / "tests/data/nmea").glob("*.log"))
+    blobs = [p.read_bytes() for p in logs]
+    sentences = 0
+    started = time.perf_counter()
+    for _ in range(repeat):
+        for blob in blobs:
+            d = NmeaDecoder(vehicle="bench", source="bench")
+            d.feed(blob)
+            d.flush()
+            sentences += d.sentences
+    elapsed = time.perf_counter() - started
+    base = _baseline(blobs * repeat)
+    return {
+        "logs": len(blobs),
+        "sentences_per_s": round(sentences / elapsed, 1),
+        "ratio_to_baseline": round(elapsed / base, 2),
+    }
+
+
+def bench_planner(steps: int = 20000) -> dict[str, Any]:
+    """One planner step (a position with 20 signals ahead, then a tick), timed one by one.
+
+    Two vehicles on a 10 km route with 30 signals every 330 m, so each position
+    carries 20 ETAs and requests open, update and close all along.
+    """
+    from preemption.model import Route, RoutePosition, SignalEta, SignalPoint
+
+    signals = tuple(SignalPoint(f"K{i}", f"C{i}", 300.0 + 330.0 * i, "1", 12.0) for i in range(30))
+    route = Route("R", "bench", "FW", ((8.0, 49.0), (8.2, 49.0)), signals)
+    clock = SimClock()
+    planner = Planner(
+        [route], PlannerConfig(look_ahead=20), clock, {"E1": "fire", "E2": "ambulance"}
+    )
+    for v in ("E1", "E2"):
+        planner.set_emergency(v, True)
+    lat: list[float] = []
+    commands = 0
+    last_s = {"E1": 0.0, "E2": 0.0}
+    for k in range(steps):
+        vehicle = "E1" if k % 2 == 0 else "E2"
+        s = (k // 2 * 13.0 + (0.0 if vehicle == "E1" else 150.0)) % 9800.0
+        if s < last_s[vehicle]:  # a new run from the start of the route
+            commands += len(planner.set_emergency(vehicle, False))
+            planner.set_emergency(vehicle, True)
+        last_s[vehicle] = s
+        ahead = [sig for sig in signals if sig.stop_line_m > s][:20]
+        etas = tuple(
+            SignalEta(
+                sig.intersection,
+                sig.controller,
+                sig.approach,
+                sig.stop_line_m - s,
+                (sig.stop_line_m - s) / 13.0,
+                (sig.stop_line_m - s) / 16.0,
+                (sig.stop_line_m - s) / 10.0,
+                True,
+            )
+            for sig in ahead
+        )
+        pos = RoutePosition(
+            vehicle, clock.now(), {"R": 1.0}, "R", "R", s, 13.0, 0.0, 1.0, True, etas
+        )
+        t = time.perf_counter()
+        commands += len(planner.on_position(pos))
+        if k % 2:
+            commands += len(planner.tick())
+        lat.append(time.perf_counter() - t)
+        if k % 2:
+            clock.advance(1.0)
+    q = statistics.quantiles(lat, n=100)
+    total = sum(lat)
+    return {
+        "steps": steps,
+        "commands": commands,
+        "decisions_per_s": round(steps / total, 1),
+        "p50_us": round(q[49] * 1e6, 1),
+        "p99_us": round(q[98] * 1e6, 1),
+    }
+
+
 def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     """Route identification, position and ETA accuracy over seeded runs (sim/identify.py).
 
@@ -130,7 +267,10 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
 
 
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
+    "nmea": bench_nmea,
+    "match": bench_match,
     "pipeline": bench_pipeline,
+    "planner": bench_planner,
     "identify": bench_identify,
     "demo": bench_demo,
 }

@@ -25,6 +25,8 @@ from pydantic import (
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+EmergencySource = Literal["onboard", "dispatch"]
+EMERGENCY_SOURCES: tuple[EmergencySource, ...] = ("onboard", "dispatch")
 
 
 class _Strict(BaseModel):
@@ -53,6 +55,13 @@ class PlannerConfig(_Strict):
     eta_update_threshold_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     refresh_s: Seconds = 20.0  # re-send before the controller's own timer lapses
     look_ahead: Annotated[int, Field(ge=1, le=50)] = 10  # signals ahead considered
+    switch_margin_s: Annotated[float, Field(ge=0, le=60)] = 5.0  # earlier arrival that takes over
+    turnout_s: Annotated[float, Field(ge=0, le=600)] = 45.0  # alarm to rolling out of the yard
+    station_speed_ms: Annotated[float, Field(gt=0, le=30)] = 8.0  # assumed before the first fix
+    emergency_sources: list[EmergencySource] = Field(
+        default_factory=lambda: list(EMERGENCY_SOURCES), min_length=1
+    )
+    emergency_rule: Literal["any", "all"] = "any"  # of the sources above
 
 
 class VehicleConfig(_Strict):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from preemption.clock import Clock
 from preemption.model import Command, CommandKind, Fix, RoutePosition, SignalState
-from preemption.planner import Planner
+from preemption.planner import Alarm, Planner
 from routes.matcher import RouteMatcher
 from signal_adapters.base import AdapterError, SignalAdapter
 
@@ -92,6 +92,24 @@ class Daemon:
         self.counters["fixes"] += 1
         return self.planner.on_position(pos)
 
+    def alarm(self, alarm: Alarm) -> None:
+        """Dispatch sent a vehicle: set its matcher's prior and arm the station exit."""
+        if alarm.vehicle in self.planner_vehicles and alarm.route is not None:
+            matcher = self._matchers.get(alarm.vehicle)
+            if matcher is None:
+                matcher = self._matchers[alarm.vehicle] = self._matcher_for(alarm.vehicle)
+            try:
+                matcher.set_prior(alarm.route)
+            except KeyError:
+                self.counters["alarm_unknown_route"] += 1
+        self.submit(self.planner.on_alarm(alarm))
+
+    def cancel_alarm(self, vehicle: str) -> None:
+        self.submit(self.planner.cancel_alarm(vehicle))
+
+    def set_emergency(self, vehicle: str, on: bool, source: str = "onboard") -> None:
+        self.submit(self.planner.set_emergency(vehicle, on, source))
+
     @property
     def planner_vehicles(self) -> Mapping[str, str]:
         return self.planner.allowed
@@ -143,7 +161,7 @@ class Daemon:
             self.counters["state_poll_failed"] += 1
             log.warning("state of %s at controller %r unknown: %s", intersection, controller, exc)
             return
-        self.planner.on_state(state)
+        self.submit(self.planner.on_state(state))
         if self.planner.active_at(intersection) == 0:
             self._polled.discard((controller, intersection))
 
@@ -177,7 +195,8 @@ class Daemon:
             self.dispatched.append(Dispatched(cmd, sent, None, what))
             return
         self.counters[f"{cmd.kind.value}_sent"] += 1
-        self.planner.on_state(state)
+        if cmd.kind is not CommandKind.CANCEL:
+            self.submit(self.planner.on_state(state))
         self.dispatched.append(Dispatched(cmd, sent, state, None))
 
     async def _shutdown(self) -> None:

@@ -1,19 +1,39 @@
-"""The pre-emption planner: turns route positions into requests, and takes them back.
+"""The pre-emption planner: when to ask, when to take back, who goes first.
 
-Pure decisions on the Clock, no I/O. For each (vehicle, intersection) a request
-goes idle -> requested -> granted -> released:
+Pure decisions on the Clock, no I/O. Two levels:
 
-- *request* when the early bound of the ETA falls below the signal's transition
-  time (the controller's worst case to bring the approach to green) plus a
-  margin; before the route is committed only signals shared by every
-  compatible route are asked for;
-- *update* when the ETA has moved by more than a threshold, and as a refresh
-  before the controller's own timer lapses;
-- *cancel* when the engine has passed the stop line (plus a clearing distance),
-  left the route, switched its emergency status off, gone silent (dead-man),
-  or the request reached its maximum hold; and for everything on shutdown.
+**Claims**, one per (vehicle, intersection): what a vehicle wants. Named after
+RSMP's signal-priority statuses where they match::
 
-Every transition is recorded as a :class:`PlannerEvent` for the journal.
+    armed --due--> queued <--arbiter--> requested --controller--> granted
+      |               |                     |                        |
+      +---------------+---------------------+------------------------+--> completed
+                                                  (passed the stop line)
+    any live claim --> cancelled (left the route, emergency off, operator,
+                                  alarm cancelled, shutdown)
+                   --> stale     (no position for dead_man_s)
+                   --> timeout   (the request reached max_hold_s)
+                   --> rejected  (the controller refused)
+
+A claim is *armed* while its signal is in the look-ahead, and *due* once the
+early bound of its ETA falls below the signal's transition time (the
+controller's worst case to bring the approach to green) plus a margin. Before
+the route is committed only signals shared by every compatible route are
+claimed. After completed, timeout or rejected the vehicle does not claim that
+intersection again on this run; after stale or cancelled it may (it came back).
+
+**Requests**, at most one per intersection: what the controller is asked. The
+arbiter (preemption/arbiter.py) picks the approach; vehicles on that approach
+share the request, the others wait queued. A request is updated when its ETA
+moves by more than a threshold (hysteresis against noise), refreshed before the
+controller's own timer lapses, and cancelled when its last vehicle is done, at
+the maximum hold, or when the junction is handed to another approach, always
+before a conflicting request is made. Every command carries ``duration_s``,
+the controller-side hold, so a dead daemon's requests lapse by themselves.
+
+Gates: only vehicles on the allow-list, only on an emergency run (from the
+configured sources: the onboard unit's blue lights / siren, dispatch).
+Every transition is a :class:`PlannerEvent` for the journal.
 """
 
 from __future__ import annotations
@@ -23,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from preemption.arbiter import Claim, choose
 from preemption.clock import Clock
 from preemption.config import PlannerConfig
 from preemption.model import (
@@ -32,14 +53,26 @@ from preemption.model import (
     Route,
     RoutePosition,
     SignalEta,
+    SignalPoint,
     SignalState,
 )
 
 
-class Phase(StrEnum):
-    REQUESTED = "requested"
-    GRANTED = "granted"  # the controller reports the approach green (dwell)
-    RELEASED = "released"
+class ClaimState(StrEnum):
+    ARMED = "armed"
+    QUEUED = "queued"
+    REQUESTED = "requested"  # RSMP: received
+    GRANTED = "granted"  # RSMP: activated
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    STALE = "stale"
+    TIMED_OUT = "timeout"
+    REJECTED = "rejected"
+
+
+LIVE = frozenset({ClaimState.ARMED, ClaimState.QUEUED, ClaimState.REQUESTED, ClaimState.GRANTED})
+DUE = frozenset({ClaimState.QUEUED, ClaimState.REQUESTED, ClaimState.GRANTED})
+FINAL_FOR_RUN = frozenset({ClaimState.COMPLETED, ClaimState.TIMED_OUT, ClaimState.REJECTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,30 +82,55 @@ class PlannerEvent:
     time: float  # UTC epoch seconds
     vehicle: str
     intersection: str
-    request_id: str
-    what: str  # request, update, refresh, granted, cancel, ignored ...
+    request_id: str  # empty for a claim not (yet) served by a request
+    what: str  # a ClaimState value, or request / update / refresh / cancel
     why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Dispatch has sent a vehicle on an emergency run."""
+
+    vehicle: str
+    route: str | None = None  # the approach route dispatch expects, if it knows
+    incident: tuple[float, float] | None = None  # lon, lat of the incident
+
+
+@dataclass
+class _Claim:
+    vehicle: str
+    intersection: str
+    controller: str
+    approach: str
+    rank: int
+    since: float
+    eta_at: float
+    state: ClaimState = ClaimState.ARMED
 
 
 @dataclass
 class _Request:
     request_id: str
-    vehicle: str
     intersection: str
     controller: str
     approach: str
-    priority: str
-    opened: float  # monotonic
-    last_sent: float  # monotonic
-    eta_at: float  # monotonic instant of expected arrival, as last sent
-    phase: Phase = Phase.REQUESTED
+    opened: float
+    last_sent: float
+    eta_at: float  # as last sent
+    lead: str  # vehicle whose arrival the request is timed for
+    granted: bool = False
 
 
 @dataclass
 class _Vehicle:
-    emergency: bool = False
+    sources: dict[str, bool] = field(default_factory=dict)  # emergency status per source
     last_fix: float | None = None  # monotonic
-    passed: set[str] = field(default_factory=set)  # intersections already served this run
+    done: set[str] = field(default_factory=set)  # intersections finished for this run
+    claims: dict[str, _Claim] = field(default_factory=dict)  # by intersection
+    alarm: Alarm | None = None
+    departs: float | None = None  # monotonic: expected to roll (alarm + turnout)
+    joined: bool = False  # has been on a route during this run
+    due_since: float | None = None  # monotonic: a claim last became due
 
 
 class Planner:
@@ -82,206 +140,397 @@ class Planner:
         config: PlannerConfig,
         clock: Clock,
         vehicles: Mapping[str, str],
+        priorities: Mapping[str, int] | None = None,
     ) -> None:
-        """``vehicles`` is the allow-list: vehicle id -> priority class."""
+        """``vehicles`` is the allow-list (vehicle id -> priority class); ``priorities``
+        ranks the classes, lower first."""
         self._routes = {r.id: r for r in routes}
-        self._stop_lines = {
+        self._signals: dict[str, dict[str, SignalPoint]] = {
             rid: {s.intersection: s for s in r.signals} for rid, r in self._routes.items()
         }
         self.config = config
         self._clock = clock
         self._allowed = dict(vehicles)
+        self._rank = dict(priorities or {"fire": 0, "ambulance": 1, "police": 2, "transit": 3})
         self._vehicles: dict[str, _Vehicle] = {}
-        self._active: dict[tuple[str, str], _Request] = {}
+        self._requests: dict[str, _Request] = {}  # by intersection
+        self._claims_at: dict[str, dict[str, _Claim]] = {}  # intersection -> vehicle -> claim
         self._ids = itertools.count(1)
         self.events: list[PlannerEvent] = []
-        self.ignored: dict[str, int] = {}  # positions ignored, by reason
+        self.ignored: dict[str, int] = {}  # inputs ignored, by reason
 
     # -- inputs ---------------------------------------------------------------
 
-    def set_emergency(self, vehicle: str, on: bool) -> list[Command]:
-        """Blue lights / siren or dispatch status. Off takes everything back."""
-        if vehicle not in self._allowed:
-            self._ignore("not_allowed")
+    def set_emergency(self, vehicle: str, on: bool, source: str = "onboard") -> list[Command]:
+        """Emergency status from one source (blue lights / siren, dispatch).
+
+        Off (by the deployment's rule) takes everything of the vehicle back.
+        """
+        v = self._vehicle(vehicle)
+        if v is None:
             return []
-        v = self._vehicles.setdefault(vehicle, _Vehicle())
-        v.emergency = on
-        if not on:
-            v.passed.clear()
-            return self._cancel_vehicle(vehicle, "emergency status off")
+        v.sources[source] = on
+        if not self._on_run(v):
+            v.done.clear()
+            v.alarm = v.departs = None
+            return self._end_vehicle(
+                vehicle, ClaimState.CANCELLED, f"emergency status off ({source})"
+            )
         return []
 
+    def on_alarm(self, alarm: Alarm) -> list[Command]:
+        """Dispatch's alarm: the vehicle is on a run; the first signals are armed from
+        the station so that the green is coming while the engine leaves the yard."""
+        v = self._vehicle(alarm.vehicle)
+        if v is None:
+            return []
+        if alarm.route is not None and alarm.route not in self._routes:
+            self._ignore("alarm_unknown_route")
+            alarm = Alarm(alarm.vehicle, None, alarm.incident)
+        v.alarm = alarm
+        v.departs = self._clock.monotonic() + self.config.turnout_s
+        v.joined = False
+        v.done.clear()
+        out = self.set_emergency(alarm.vehicle, True, source="dispatch")
+        return out + self._from_station(alarm.vehicle, v)
+
+    def cancel_alarm(self, vehicle: str) -> list[Command]:
+        v = self._vehicles.get(vehicle)
+        if v is None:
+            return []
+        v.alarm = v.departs = None
+        return self.set_emergency(vehicle, False, source="dispatch")
+
     def on_position(self, pos: RoutePosition) -> list[Command]:
-        if pos.vehicle not in self._allowed:
-            self._ignore("not_allowed")
+        v = self._vehicle(pos.vehicle)
+        if v is None:
             return []
         now = self._clock.monotonic()
-        v = self._vehicles.setdefault(pos.vehicle, _Vehicle())
         v.last_fix = now
-        if not v.emergency:
+        if not self._on_run(v):
             self._ignore("no_emergency_run")
             return []
         if not pos.on_route or pos.route is None:
-            return self._cancel_vehicle(pos.vehicle, "left the route")
+            if not v.joined:
+                return []  # still in the station yard: the station estimate stands
+            v.joined = False
+            return self._end_vehicle(pos.vehicle, ClaimState.CANCELLED, "left the route")
+        v.joined = True
+        v.departs = None  # on the route: the station estimate is no longer needed
         out: list[Command] = []
-        for (veh, inter), req in list(self._active.items()):
-            if veh != pos.vehicle:
-                continue
-            sig = self._stop_lines[pos.route].get(inter)
+        signals = self._signals[pos.route]
+        for inter, claim in list(v.claims.items()):
+            sig = signals.get(inter)
             if sig is None:
-                out.append(self._cancel(req, f"not on route {pos.route}"))
+                out += self._end(claim, ClaimState.CANCELLED, f"not on route {pos.route}")
             elif pos.distance_m > sig.stop_line_m + self.config.clearing_distance_m:
-                v.passed.add(inter)
-                out.append(self._cancel(req, "passed the stop line"))
+                out += self._end(claim, ClaimState.COMPLETED, "passed the stop line")
         for eta in pos.etas[: self.config.look_ahead]:
-            cmd = self._consider(pos, v, eta, now)
-            if cmd is not None:
-                out.append(cmd)
+            if pos.committed is None and not eta.shared:
+                continue
+            sig = signals.get(eta.intersection)
+            out += self._consider(pos.vehicle, v, eta, sig, now)
         return out
 
-    def on_state(self, state: SignalState) -> None:
-        """What a controller reported; confirms a request when its approach is green."""
-        for req in self._active.values():
-            if (
-                req.intersection == state.intersection
-                and state.status is PreemptStatus.ACTIVE
-                and req.phase is Phase.REQUESTED
-                and (state.approach is None or state.approach == req.approach)
-            ):
-                req.phase = Phase.GRANTED
-                self._event(req, "granted", f"controller reports {state.status.value}")
+    def on_state(self, state: SignalState) -> list[Command]:
+        """What a controller reported for an intersection."""
+        req = self._requests.get(state.intersection)
+        if req is None or (state.approach is not None and state.approach != req.approach):
+            return []
+        if state.status is PreemptStatus.ACTIVE and not req.granted:
+            req.granted = True
+            for c in self._members(req):
+                self._set(c, ClaimState.GRANTED, f"controller reports {state.status.value}", req)
+            return []
+        if state.status is PreemptStatus.REJECTED:
+            return self._close(req, ClaimState.REJECTED, "the controller rejected the request")
+        if state.status is PreemptStatus.MAX_PRESENCE:
+            return self._close(
+                req, ClaimState.TIMED_OUT, "the controller's maximum presence ended it"
+            )
+        return []
 
     def tick(self) -> list[Command]:
-        """Time-driven checks: dead-man, maximum hold, refresh. Call about once a second."""
+        """Time-driven decisions: dead-man, maximum hold, refresh, station departures.
+
+        Call about once a second.
+        """
         now = self._clock.monotonic()
         cfg = self.config
         out: list[Command] = []
-        for req in list(self._active.values()):
-            last_fix = self._vehicles[req.vehicle].last_fix
+        for vid, v in self._vehicles.items():
+            # Silence counts from the last fix, the expected roll-out, or the moment a claim
+            # became due on the station estimate, whichever is latest; armed claims ask
+            # for nothing and wait.
+            heard = [x for x in (v.last_fix, v.departs, v.due_since) if x is not None]
+            due = any(c.state in DUE for c in v.claims.values())
+            if due and heard and now - max(heard) >= cfg.dead_man_s:
+                why = f"no position for {cfg.dead_man_s:.0f} s"
+                out += self._end_vehicle(vid, ClaimState.STALE, why)
+            elif v.departs is not None and not v.joined and self._on_run(v):
+                out += self._from_station(vid, v)
+        for req in list(self._requests.values()):
             if now - req.opened >= cfg.max_hold_s:
-                out.append(self._cancel(req, f"maximum hold of {cfg.max_hold_s:.0f} s reached"))
-            elif last_fix is None or now - last_fix >= cfg.dead_man_s:
-                out.append(self._cancel(req, f"no position for {cfg.dead_man_s:.0f} s"))
+                out += self._close(
+                    req, ClaimState.TIMED_OUT, f"maximum hold of {cfg.max_hold_s:.0f} s reached"
+                )
             elif now - req.last_sent >= cfg.refresh_s:
-                out.append(self._send(req, CommandKind.UPDATE, now, "refresh"))
+                out.append(self._send(req, CommandKind.UPDATE, "refresh"))
         return out
 
     def release_all(self, reason: str) -> list[Command]:
-        return [self._cancel(req, reason) for req in list(self._active.values())]
+        out: list[Command] = []
+        for vid in list(self._vehicles):
+            out += self._end_vehicle(vid, ClaimState.CANCELLED, reason)
+        for req in list(self._requests.values()):  # none should be left; belt and braces
+            out += self._close(req, ClaimState.CANCELLED, reason)
+        return out
 
     def withdraw(self, vehicle: str, reason: str = "withdrawn by operator") -> list[Command]:
-        return self._cancel_vehicle(vehicle, reason)
+        v = self._vehicles.get(vehicle)
+        if v is not None:
+            v.sources = {s: False for s in v.sources}
+            v.alarm = v.departs = None
+        return self._end_vehicle(vehicle, ClaimState.CANCELLED, reason)
+
+    # -- views ----------------------------------------------------------------
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        """Requests the controllers currently hold (or are being asked for)."""
+        return len(self._requests)
 
     def active_at(self, intersection: str) -> int:
-        return sum(1 for (_, inter) in self._active if inter == intersection)
+        return 1 if intersection in self._requests else 0
+
+    def claim_state(self, vehicle: str, intersection: str) -> ClaimState | None:
+        v = self._vehicles.get(vehicle)
+        c = v.claims.get(intersection) if v else None
+        return c.state if c else None
+
+    def on_run(self, vehicle: str) -> bool:
+        v = self._vehicles.get(vehicle)
+        return v is not None and self._on_run(v)
 
     @property
     def allowed(self) -> Mapping[str, str]:
         """The allow-list: vehicle id -> priority class."""
         return self._allowed
 
-    # -- decisions ------------------------------------------------------------
+    # -- claims ---------------------------------------------------------------
+
+    def _vehicle(self, vehicle: str) -> _Vehicle | None:
+        if vehicle not in self._allowed:
+            self._ignore("not_allowed")
+            return None
+        return self._vehicles.setdefault(vehicle, _Vehicle())
+
+    def _on_run(self, v: _Vehicle) -> bool:
+        states = [v.sources.get(s, False) for s in self.config.emergency_sources]
+        return all(states) if self.config.emergency_rule == "all" else any(states)
 
     def _consider(
-        self, pos: RoutePosition, v: _Vehicle, eta: SignalEta, now: float
-    ) -> Command | None:
+        self, vehicle: str, v: _Vehicle, eta: SignalEta, sig: SignalPoint | None, now: float
+    ) -> list[Command]:
         cfg = self.config
-        key = (pos.vehicle, eta.intersection)
-        req = self._active.get(key)
-        if req is None:
-            if eta.intersection in v.passed:
-                return None
-            if pos.committed is None and not eta.shared:
-                return None
-            sig = self._stop_lines[pos.route or ""].get(eta.intersection)
-            transition = (sig.transition_s if sig else None) or cfg.default_transition_s
-            if eta.early_s > transition + cfg.lead_margin_s:
-                return None
-            req = _Request(
-                request_id=f"{pos.vehicle}/{eta.intersection}/{next(self._ids)}",
-                vehicle=pos.vehicle,
-                intersection=eta.intersection,
+        inter = eta.intersection
+        if inter in v.done:
+            return []
+        claim = v.claims.get(inter)
+        if claim is None:
+            claim = _Claim(
+                vehicle=vehicle,
+                intersection=inter,
                 controller=eta.controller,
                 approach=eta.approach,
-                priority=self._allowed[pos.vehicle],
-                opened=now,
-                last_sent=now,
+                rank=self._rank.get(self._allowed[vehicle], len(self._rank)),
+                since=now,
                 eta_at=now + eta.eta_s,
             )
-            self._active[key] = req
-            why = (
-                f"early ETA {eta.early_s:.1f} s <= transition {transition:.0f} s "
-                f"+ margin {cfg.lead_margin_s:.0f} s"
+            v.claims[inter] = claim
+            self._claims_at.setdefault(inter, {})[vehicle] = claim
+            self._set(claim, ClaimState.ARMED, f"ETA {eta.eta_s:.0f} s, in the look-ahead")
+        claim.eta_at = now + eta.eta_s
+        transition = (sig.transition_s if sig else None) or cfg.default_transition_s
+        if claim.state is ClaimState.ARMED:
+            if eta.early_s > transition + cfg.lead_margin_s:
+                return []
+            claim.state = ClaimState.QUEUED  # due; the arbiter decides what it becomes
+            v.due_since = now
+            self._event(
+                claim,
+                "due",
+                f"early ETA {eta.early_s:.1f} s <= transition "
+                f"{transition:.0f} s + margin {cfg.lead_margin_s:.0f} s",
+                "",
             )
-            return self._send(req, CommandKind.REQUEST, now, why, eta.eta_s)
-        moved = abs((now + eta.eta_s) - req.eta_at)
-        if moved > cfg.eta_update_threshold_s:
-            return self._send(
-                req, CommandKind.UPDATE, now, f"ETA moved by {moved:.1f} s", eta.eta_s
-            )
-        return None
+        return self._arbitrate(inter)
 
-    def _send(
-        self, req: _Request, kind: CommandKind, now: float, why: str, eta_s: float | None = None
-    ) -> Command:
-        if eta_s is not None:
-            req.eta_at = now + eta_s
-        req.last_sent = now
-        remaining_hold = max(0.0, self.config.max_hold_s - (now - req.opened))
-        eta_left = max(0.0, req.eta_at - now)
-        # The controller drops the call by itself after this: a dead daemon's requests lapse.
-        duration = min(remaining_hold, eta_left + 2 * self.config.refresh_s)
-        self._event(req, "refresh" if why == "refresh" else kind.value, why)
-        return self._command(req, kind, now, eta_left, duration, why)
-
-    def _cancel(self, req: _Request, why: str) -> Command:
-        del self._active[(req.vehicle, req.intersection)]
-        req.phase = Phase.RELEASED
-        self._event(req, "cancel", why)
+    def _from_station(self, vehicle: str, v: _Vehicle) -> list[Command]:
+        """ETAs from the station for an alarm's route, until the engine reports positions."""
+        if v.alarm is None or v.alarm.route is None or v.departs is None:
+            return []
         now = self._clock.monotonic()
-        return self._command(req, CommandKind.CANCEL, now, max(0.0, req.eta_at - now), 0.0, why)
+        wait = max(0.0, v.departs - now)
+        speed = self.config.station_speed_ms
+        rolled = speed * max(0.0, now - v.departs)  # dead reckoning from the turnout estimate
+        out: list[Command] = []
+        for sig in self._routes[v.alarm.route].signals[: self.config.look_ahead]:
+            if sig.stop_line_m <= rolled:
+                continue
+            eta = wait + (sig.stop_line_m - rolled) / speed
+            est = SignalEta(
+                intersection=sig.intersection,
+                controller=sig.controller,
+                approach=sig.approach,
+                distance_m=sig.stop_line_m,
+                eta_s=eta,
+                early_s=eta,
+                late_s=eta * 1.5,
+                shared=True,
+            )
+            out += self._consider(vehicle, v, est, sig, now)
+        return out
 
-    def _cancel_vehicle(self, vehicle: str, why: str) -> list[Command]:
+    def _end(self, claim: _Claim, state: ClaimState, why: str) -> list[Command]:
+        v = self._vehicles[claim.vehicle]
+        del v.claims[claim.intersection]
+        at = self._claims_at.get(claim.intersection, {})
+        at.pop(claim.vehicle, None)
+        if not at:
+            self._claims_at.pop(claim.intersection, None)
+        if state in FINAL_FOR_RUN:
+            v.done.add(claim.intersection)
+        self._set(claim, state, why, self._requests.get(claim.intersection))
+        return self._arbitrate(claim.intersection, why)
+
+    def _end_vehicle(self, vehicle: str, state: ClaimState, why: str) -> list[Command]:
+        v = self._vehicles.get(vehicle)
+        if v is None:
+            return []
+        out: list[Command] = []
+        for claim in list(v.claims.values()):
+            out += self._end(claim, state, why)
+        return out
+
+    def _set(self, claim: _Claim, state: ClaimState, why: str, req: _Request | None = None) -> None:
+        claim.state = state
+        self._event(claim, state.value, why, req.request_id if req else "")
+
+    # -- requests -------------------------------------------------------------
+
+    def _members(self, req: _Request) -> list[_Claim]:
         return [
-            self._cancel(r, why) for (veh, _), r in list(self._active.items()) if veh == vehicle
+            c
+            for c in self._claims_at.get(req.intersection, {}).values()
+            if c.approach == req.approach and c.state in DUE
         ]
 
-    def _command(
-        self,
-        req: _Request,
-        kind: CommandKind,
-        now: float,
-        eta_s: float,
-        duration: float,
-        why: str,
-    ) -> Command:
+    def _arbitrate(self, inter: str, why_gone: str = "") -> list[Command]:
+        cfg = self.config
+        due = [c for c in self._claims_at.get(inter, {}).values() if c.state in DUE]
+        req = self._requests.get(inter)
+        winner = choose(
+            (Claim(c.vehicle, c.approach, c.rank, c.eta_at, c.since) for c in due),
+            req.approach if req else None,
+            req.granted if req else False,
+            cfg.switch_margin_s,
+        )
+        out: list[Command] = []
+        if req is not None and winner != req.approach:
+            why = why_gone or "last vehicle done"
+            if winner is not None:
+                why = f"junction handed to approach {winner}"
+                for c in self._members(req):
+                    self._set(c, ClaimState.QUEUED, why, req)
+            out.append(self._cancel(req, why))
+            req = None
+        if winner is None:
+            return out
+        members = [c for c in due if c.approach == winner]
+        lead = min(members, key=lambda c: (c.eta_at, c.since, c.vehicle))
+        now = self._clock.monotonic()
+        if req is None:
+            sample = members[0]
+            req = _Request(
+                request_id=f"{inter}/{winner}/{next(self._ids)}",
+                intersection=inter,
+                controller=sample.controller,
+                approach=winner,
+                opened=now,
+                last_sent=now,
+                eta_at=lead.eta_at,
+                lead=lead.vehicle,
+            )
+            self._requests[inter] = req
+            out.append(self._send(req, CommandKind.REQUEST, f"for {lead.vehicle}"))
+        elif abs(lead.eta_at - req.eta_at) > cfg.eta_update_threshold_s or lead.vehicle != req.lead:
+            moved = lead.eta_at - req.eta_at
+            req.eta_at, req.lead = lead.eta_at, lead.vehicle
+            out.append(self._send(req, CommandKind.UPDATE, f"ETA moved by {moved:+.1f} s"))
+        for c in due:
+            if c.approach == winner and c.state is ClaimState.QUEUED:
+                self._set(
+                    c,
+                    ClaimState.GRANTED if req.granted else ClaimState.REQUESTED,
+                    "shares the request" if c.vehicle != req.lead else "requested",
+                    req,
+                )
+            elif c.approach != winner and c.state is not ClaimState.QUEUED:
+                self._set(c, ClaimState.QUEUED, f"approach {winner} holds the junction", req)
+        return out
+
+    def _close(self, req: _Request, state: ClaimState, why: str) -> list[Command]:
+        """End a request and every claim it serves."""
+        out = [self._cancel(req, why)]
+        for c in self._members(req):
+            v = self._vehicles[c.vehicle]
+            del v.claims[c.intersection]
+            self._claims_at.get(c.intersection, {}).pop(c.vehicle, None)
+            if state in FINAL_FOR_RUN:
+                v.done.add(c.intersection)
+            self._set(c, state, why, req)
+        if not self._claims_at.get(req.intersection):
+            self._claims_at.pop(req.intersection, None)
+        return out + self._arbitrate(req.intersection, why)
+
+    def _cancel(self, req: _Request, why: str) -> Command:
+        self._requests.pop(req.intersection, None)
+        return self._command(req, CommandKind.CANCEL, 0.0, why)
+
+    def _send(self, req: _Request, kind: CommandKind, why: str) -> Command:
+        now = self._clock.monotonic()
+        req.last_sent = now
+        remaining = max(0.0, self.config.max_hold_s - (now - req.opened))
+        eta_left = max(0.0, req.eta_at - now)
+        # The controller drops the call by itself after this: a dead daemon's requests lapse.
+        duration = min(remaining, eta_left + 2 * self.config.refresh_s)
+        return self._command(req, kind, duration, why)
+
+    def _command(self, req: _Request, kind: CommandKind, duration: float, why: str) -> Command:
+        now = self._clock.monotonic()
+        what = "refresh" if why == "refresh" else kind.value
+        self.events.append(
+            PlannerEvent(self._clock.now(), req.lead, req.intersection, req.request_id, what, why)
+        )
         return Command(
             kind=kind,
             request_id=req.request_id,
-            vehicle=req.vehicle,
+            vehicle=req.lead,
             intersection=req.intersection,
             controller=req.controller,
             approach=req.approach,
             time=self._clock.now(),
-            eta_s=eta_s,
+            eta_s=max(0.0, req.eta_at - now),
             duration_s=duration,
-            priority=req.priority,
+            priority=self._allowed.get(req.lead, ""),
             reason=why,
         )
 
-    def _event(self, req: _Request, what: str, why: str) -> None:
+    def _event(self, claim: _Claim, what: str, why: str, request_id: str) -> None:
         self.events.append(
             PlannerEvent(
-                time=self._clock.now(),
-                vehicle=req.vehicle,
-                intersection=req.intersection,
-                request_id=req.request_id,
-                what=what,
-                why=why,
+                self._clock.now(), claim.vehicle, claim.intersection, request_id, what, why
             )
         )
 

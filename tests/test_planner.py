@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from preemption.clock import SimClock
 from preemption.config import PlannerConfig
 from preemption.model import Command, CommandKind, PreemptStatus, SignalState
-from preemption.planner import Planner
+from preemption.planner import ClaimState, Planner
 from routes.geojson import RouteSet, load_routes
 from routes.matcher import RouteMatcher
 
@@ -158,8 +158,11 @@ def test_confirmation_from_the_controller_marks_the_request_granted() -> None:
     run = Run()
     run.drive("R1", 150.0)
     req = run.commands[0]
+    assert run.planner.claim_state(VEHICLE, "K1") is ClaimState.REQUESTED
     run.planner.on_state(SignalState("K1", req.controller, PreemptStatus.ACTIVE, 0.0, "1"))
-    assert [e.what for e in run.planner.events] == ["request", "granted"]
+    assert run.planner.claim_state(VEHICLE, "K1") is ClaimState.GRANTED
+    k1 = [e.what for e in run.planner.events if e.intersection == "K1"]
+    assert k1 == ["armed", "due", "request", "requested", "granted"]
 
 
 @given(
