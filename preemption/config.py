@@ -62,6 +62,7 @@ class PlannerConfig(_Strict):
         default_factory=lambda: list(EMERGENCY_SOURCES), min_length=1
     )
     emergency_rule: Literal["any", "all"] = "any"  # of the sources above
+    incident_radius_m: Annotated[float, Field(gt=0, le=20_000)] = 1500.0  # route end to incident
 
 
 class VehicleConfig(_Strict):

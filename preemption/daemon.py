@@ -94,6 +94,7 @@ class Daemon:
 
     def alarm(self, alarm: Alarm) -> None:
         """Dispatch sent a vehicle: set its matcher's prior and arm the station exit."""
+        alarm = Alarm(alarm.vehicle, self.planner.route_for(alarm), alarm.incident)
         if alarm.vehicle in self.planner_vehicles and alarm.route is not None:
             matcher = self._matchers.get(alarm.vehicle)
             if matcher is None:

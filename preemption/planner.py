@@ -39,6 +39,7 @@ Every transition is a :class:`PlannerEvent` for the journal.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -133,6 +134,14 @@ class _Vehicle:
     due_since: float | None = None  # monotonic: a claim last became due
 
 
+def _ground_distance(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """Metres between two WGS84 points (haversine; plenty for choosing a route)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6_371_000.0 * math.asin(math.sqrt(a))
+
+
 class Planner:
     def __init__(
         self,
@@ -187,12 +196,35 @@ class Planner:
         if alarm.route is not None and alarm.route not in self._routes:
             self._ignore("alarm_unknown_route")
             alarm = Alarm(alarm.vehicle, None, alarm.incident)
+        if alarm.route is None:
+            alarm = Alarm(alarm.vehicle, self.route_for(alarm), alarm.incident)
         v.alarm = alarm
         v.departs = self._clock.monotonic() + self.config.turnout_s
         v.joined = False
         v.done.clear()
         out = self.set_emergency(alarm.vehicle, True, source="dispatch")
         return out + self._from_station(alarm.vehicle, v)
+
+    def route_for(self, alarm: Alarm) -> str | None:
+        """The route dispatch meant: as named, else the one ending nearest the incident.
+
+        Only a route ending within ``incident_radius_m`` of the incident counts: an
+        incident off every main approach route gets no station-exit arming.
+        """
+        if alarm.route is not None:
+            return alarm.route if alarm.route in self._routes else None
+        if alarm.incident is None:
+            return None
+        lon, lat = alarm.incident
+        best: tuple[float, str] | None = None
+        for rid, r in self._routes.items():
+            elon, elat = r.geometry[-1]
+            d = _ground_distance(lon, lat, elon, elat)
+            if best is None or d < best[0]:
+                best = (d, rid)
+        if best is None or best[0] > self.config.incident_radius_m:
+            return None
+        return best[1]
 
     def cancel_alarm(self, vehicle: str) -> list[Command]:
         v = self._vehicles.get(vehicle)

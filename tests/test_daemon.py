@@ -8,7 +8,7 @@ import pytest
 from preemption.clock import SimClock
 from preemption.daemon import Daemon
 from preemption.model import Command, CommandKind, Fix, PreemptStatus, SignalState
-from preemption.planner import Planner
+from preemption.planner import Alarm, ClaimState, Planner
 from routes.matcher import RouteMatcher
 from signal_adapters.base import AdapterConfigError, AdapterContext, ControllerUnreachable
 from signal_adapters.simlink import SimLinkAdapter
@@ -174,3 +174,20 @@ def test_simlink_adapter_is_idempotent_and_releases_on_close() -> None:
 def test_simlink_outside_the_simulator_is_a_config_error() -> None:
     with pytest.raises(AdapterConfigError, match="only runs inside"):
         SimLinkAdapter("C-K1", {}, AdapterContext(SimClock()))
+
+
+def test_an_alarm_sets_the_matcher_prior_and_arms_the_route() -> None:
+    clock = SimClock()
+    recs = {f"C-K{i}": Recorder(f"C-K{i}", clock) for i in range(1, 8)}
+    daemon = make(clock, recs)
+    daemon.planner.set_emergency(VEHICLE, False)
+    daemon.alarm(Alarm(VEHICLE, route="R2"))
+    assert daemon.planner.on_run(VEHICLE)
+    assert daemon.planner.claim_state(VEHICLE, "K1") is ClaimState.ARMED
+    cmds = daemon.on_fix(fix_at(ROUTES, "R2", 100.0, clock.now(), speed=12.0))
+    # K1 is due from 100 m at 12 m/s: the request goes out.
+    assert [(c.kind, c.intersection) for c in cmds] == [(CommandKind.REQUEST, "K1")]
+    assert daemon._matchers[VEHICLE].prior["R2"] > 0.5
+    daemon.cancel_alarm(VEHICLE)
+    assert not daemon.planner.on_run(VEHICLE)
+    assert daemon.planner.active == 0

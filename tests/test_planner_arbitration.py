@@ -235,6 +235,16 @@ def test_dispatch_arms_the_first_signal_before_the_engine_reports() -> None:
     assert x1[-1].reason == "no position for 15 s"
 
 
+def test_an_alarm_without_a_route_picks_the_route_ending_near_the_incident() -> None:
+    st_ = Street()
+    assert st_.planner.route_for(Alarm("HLF-1", incident=(8.1003, 49.0004))) == "EW"
+    assert st_.planner.route_for(Alarm("HLF-1", incident=(8.0501, 49.0098))) == "NS"
+    assert st_.planner.route_for(Alarm("HLF-1", incident=(9.0, 50.0))) is None
+    assert st_.planner.route_for(Alarm("HLF-1", route="NS", incident=(8.1, 49.0))) == "NS"
+    st_.planner.on_alarm(Alarm("HLF-1", incident=(8.0501, 49.0098)))
+    assert st_.planner.claim_state("HLF-1", "X1") is ClaimState.ARMED
+
+
 def test_a_cancelled_alarm_takes_everything_back() -> None:
     st_ = Street(CFG.model_copy(update={"emergency_sources": ["dispatch"]}))
     st_.planner.on_alarm(Alarm("HLF-1", route="EW"))
