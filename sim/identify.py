@@ -7,8 +7,10 @@ model (sim/gnss.py) at 1 Hz and fed to the matcher fix by fix. Measured:
 - **commit distance** per branch point: where the matcher's probability mass on
   the other branch first falls below 1 - commit probability, measured from the
   point past the fork where the branches are 10 m apart (before it no receiver
-  can tell them apart); a *wrong commit* is the mass on the engine's own branch
-  falling that low, or the matcher committing to any route but the engine's;
+  can tell them apart). A *wrong commit* is a run in which the matcher
+  committed to any route but the engine's (reported per run); a *wrong
+  decision* is a branch point where the mass on the engine's own branch fell
+  that low first (reported per branch point);
 - **position error** along the route, on fixes matched to a route that runs
   where the engine is (the engine's own, or one sharing that stretch);
 - **ETA error** of the prediction made 30 s before the engine reaches each
@@ -71,7 +73,9 @@ def drive(profile: SpeedProfile, s_end: float | None = None, dt: float = 0.1) ->
 class Results:
     commits: list[tuple[str, float]] = field(default_factory=list)  # (angle class, distance)
     undecided: list[str] = field(default_factory=list)  # branch points never decided
-    wrong: int = 0
+    wrong: int = 0  # runs in which the matcher committed to a route not the engine's
+    wrong_decisions: int = 0  # branch points where the engine's own branch lost
+    runs: int = 0
     decisions: int = 0
     pos_err: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
     eta30: list[float] = field(default_factory=list)
@@ -85,7 +89,9 @@ class Results:
             "runs_branch_points": self.decisions,
             "commit_within_50m_pct": round(100.0 * within / n, 2),
             "median_commit_m": round(statistics.median(dists), 1) if dists else None,
-            "wrong_commit_pct": round(100.0 * self.wrong / n, 3),
+            "wrong_commit_pct": round(100.0 * self.wrong / max(self.runs, 1), 3),
+            "wrong_decision_pct": round(100.0 * self.wrong_decisions / n, 3),
+            "identify_runs": self.runs,
             "undecided": len(self.undecided),
         }
         by_class: dict[str, list[float]] = defaultdict(list)
@@ -167,7 +173,7 @@ def run_identify(
                 decided[bp.fork] = tp.s - bp.s_apart_m
             elif pos.on_route and own <= threshold:
                 decided[bp.fork] = math.nan
-                wrong = True
+                results.wrong_decisions += 1
         if pos.on_route and pos.route is not None and _runs_here(station, pos.route, route, tp.s):
             results.pos_err[gnss.sigma_m].append(abs(pos.distance_m - tp.s))
         for e in pos.etas:
@@ -184,6 +190,7 @@ def run_identify(
             results.undecided.append(bp.angle_class.value)
         elif not math.isnan(d):
             results.commits.append((bp.angle_class.value, d))
+    results.runs += 1
     if wrong:
         results.wrong += 1
 
