@@ -30,8 +30,8 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gps.backoff import Backoff
 from gps.nmea import MAX_SPEED_MS
-from gps.serial import Backoff
 from preemption.clock import Clock
 from preemption.model import Fix, FixQuality
 

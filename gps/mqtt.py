@@ -17,8 +17,8 @@ an ``on_status`` callback and into :attr:`MqttFixSource.status` /
 message is either used or counted under a reason, per vehicle.
 
 The broker may go away at any time: the source reconnects with exponential
-backoff on the Clock, subscribes again, and logs an outage once (broker
-address, what failed, what to check) and its end once.
+backoff (gps/backoff.py, with jitter) on the Clock, subscribes again, and logs
+an outage once (broker address, what failed, what to check) and its end once.
 
 The helpers for the link (:class:`BrokerSettings`, TLS, :func:`describe_failure`,
 :class:`LinkState`) are shared with the onboard forwarder (gps/onboard.py).
@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import random
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +41,7 @@ from typing import Any, Final
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from gps.backoff import Backoff
 from gps.nmea import NmeaDecoder
 from gps.position_json import (
     LinkMessage,
@@ -118,7 +120,7 @@ class BrokerSettings:
     host: str
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     tls: bool = False
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -142,15 +144,19 @@ class BrokerSettings:
             problems.append(f"keepalive_s {self.keepalive_s!r} is not in 5..3600")
         if not self.connect_timeout_s > 0:
             problems.append(f"connect_timeout_s {self.connect_timeout_s!r} is not > 0")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s < math.inf:
             problems.append(
                 f"reconnect_min_s {self.reconnect_min_s!r} / reconnect_max_s "
-                f"{self.reconnect_max_s!r}: need 0 < min <= max"
+                f"{self.reconnect_max_s!r}: need 0 < min <= max < inf"
             )
         if problems:
             raise BrokerConfigError(
                 f"MQTT broker settings for {self.host}:{self.port}: " + "; ".join(problems)
             )
+
+    def backoff(self) -> Backoff:
+        """Delays between connection attempts: doubling from min to max, 25 % jitter."""
+        return Backoff(self.reconnect_min_s, 2.0, self.reconnect_max_s, jitter=0.25)
 
     @property
     def uses_tls(self) -> bool:
@@ -289,7 +295,13 @@ def library_logger(name: str) -> logging.Logger:
 
 
 class LinkWatch:
-    """Backoff between attempts, and an outage logged once, with its end logged once."""
+    """Backoff between attempts, and an outage logged once, with its end logged once.
+
+    The delays are :meth:`BrokerSettings.backoff`: doubling from
+    ``reconnect_min_s`` to ``reconnect_max_s``, each scaled by a seeded random
+    factor in [0.75, 1]; failures that need a person (credentials, TLS, a
+    refusal) wait the maximum at once.
+    """
 
     def __init__(
         self,
@@ -304,6 +316,7 @@ class LinkWatch:
         self.who = who
         self.log = logger
         self.state = LinkState(broker=settings.address)
+        self.backoff = settings.backoff()
         self._attempt = 0
         # Jitter spreads a fleet's reconnects after a broker restart; seeded: repeatable.
         self._rng = random.Random(f"{who}/{seed}")
@@ -350,11 +363,10 @@ class LinkWatch:
         return self._delay(kind)
 
     def _delay(self, kind: str) -> float:
-        low, high = self.settings.reconnect_min_s, self.settings.reconnect_max_s
+        backoff = self.backoff
         # Waiting will not fix a password: do not hammer the broker.
-        exponential = min(high, low * 2.0 ** min(self._attempt - 1, 30))
-        base = high if kind in _CONFIG_KINDS else exponential
-        return base * self._rng.uniform(0.75, 1.0)
+        base = backoff.max_s if kind in _CONFIG_KINDS else backoff.base(self._attempt - 1)
+        return backoff.jittered(base, self._rng)
 
 
 def nmea_payload(payload: bytes) -> bytes:

@@ -34,7 +34,7 @@ import logging
 import math
 from collections import Counter, deque
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -97,7 +97,7 @@ class OnboardSettings:
     port: int
     vehicle: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -172,6 +172,7 @@ class OnboardForwarder:
         self._seq = -1
         self._wake = asyncio.Event()
         self._fixes_done = False
+        self._fixes_ended = asyncio.Event()  # cuts a reconnect pause short: start draining
         self._drain_deadline = math.inf
         self._overflow_logged = False
         self._relabel_logged = False
@@ -218,6 +219,7 @@ class OnboardForwarder:
         async for fix in fixes:
             self.take(fix)
         self._fixes_done = True
+        self._fixes_ended.set()
         self._drain_deadline = self.clock.monotonic() + self.settings.drain_timeout_s
         self._wake.set()
 
@@ -310,7 +312,24 @@ class OnboardForwarder:
             delay = self._watch.down(failure, self._explain(failure))
             if self._fixes_done:
                 delay = min(delay, max(0.0, self._drain_deadline - self.clock.monotonic()))
-            await self.clock.sleep(delay)
+                await self.clock.sleep(delay)
+            else:
+                await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Wait before the next attempt, but no longer once the fixes end (a stop).
+
+        A long pause would otherwise hold up a stop for up to reconnect_max_s;
+        the drain that follows has its own deadline.
+        """
+        pause = asyncio.ensure_future(self.clock.sleep(delay))
+        ended = asyncio.ensure_future(self._fixes_ended.wait())
+        try:
+            await asyncio.wait({pause, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (pause, ended):
+                waiter.cancel()
+            await asyncio.gather(pause, ended, return_exceptions=True)
 
     def _explain(self, failure: BaseException) -> tuple[str, str] | None:
         if isinstance(failure, TimeoutError):

@@ -5,11 +5,12 @@ The port is opened with pyserial-asyncio-fast and decoded by
 unplugged, browns out with the ignition and re-enumerates on USB, so the
 source outlives its device: a read error, an end of file or a failed open
 (the path is gone) starts an *outage*, logged once with the device and what to
-check; the source then reopens the port with exponential backoff on the
-:class:`~preemption.clock.Clock` until the device is back, and carries on with
-the same decoder (so time order and drop counters span the outage). An outage
-ends when bytes arrive again, not when the open succeeds: a port that opens and
-drops at once is still an outage, and is not logged again at every attempt.
+check; the source then reopens the port with exponential backoff
+(:class:`~gps.backoff.Backoff`) on the :class:`~preemption.clock.Clock` until
+the device is back, and carries on with the same decoder (so time order and
+drop counters span the outage). An outage ends when bytes arrive again, not
+when the open succeeds: a port that opens and drops at once is still an
+outage, and is not logged again at every attempt.
 
 A receiver sends an epoch as a burst of sentences and then nothing until the
 next one. When the line has been quiet for ``quiet_flush_s`` the decoder is
@@ -27,52 +28,21 @@ import datetime as dt
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 import serial_asyncio_fast
 
+from gps.backoff import Backoff
 from gps.nmea import NmeaDecoder
 from preemption.clock import Clock
 from preemption.model import Fix
 
-__all__ = ["Backoff", "Closable", "Opener", "SerialNmeaSource"]
+__all__ = ["Closable", "Opener", "SerialNmeaSource"]
 
 log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delays between attempts to reach a device or daemon that has gone away.
-
-    ``initial_s``, then ``factor`` times the last delay, never more than
-    ``max_s``. The sequence restarts once the device delivers data again.
-    """
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not (0.0 < self.initial_s <= self.max_s < math.inf):
-            raise ValueError(
-                f"backoff needs 0 < initial_s <= max_s < inf, got initial_s={self.initial_s!r}, "
-                f"max_s={self.max_s!r}; fix the reconnect settings"
-            )
-        if not (1.0 <= self.factor < math.inf):
-            raise ValueError(
-                f"backoff factor must be a finite number >= 1, got {self.factor!r}; "
-                "fix the reconnect settings"
-            )
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_s
-        while True:
-            yield delay
-            delay = min(delay * self.factor, self.max_s)
 
 
 class Closable(Protocol):

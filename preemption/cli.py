@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from preemption.config import ConfigError, load_config
+from preemption.model import Fix
 from routes.geojson import RouteFileError
 
 EXIT_OK = 0
@@ -26,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not hasattr(args, "func"):
-        parser.print_help()
+        (args.help_parser if hasattr(args, "help_parser") else parser).print_help()
         return EXIT_CONFIG
     try:
         code: int = args.func(args)
@@ -65,6 +68,34 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=["all", *BENCH_NAMES])
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
+
+    g = sub.add_parser("gps", help="tools for GPS recordings")
+    g.set_defaults(help_parser=g)
+    gsub = g.add_subparsers(metavar="TOOL")
+    gp = gsub.add_parser(
+        "parse",
+        help="decode an NMEA log (or a *.gpx / *.csv track): one line per fix, then a summary",
+        description="Decode a recording and print one line per fix and, last, the summary "
+        '{"fixes": N, "dropped": {reason: count}}. NMEA unless the name ends in .gpx or .csv.',
+    )
+    gp.add_argument("file", type=Path)
+    gp.add_argument("--json", action="store_true", help="one JSON object per line")
+    gp.add_argument("--vehicle", default=None, help="vehicle id of the fixes (default: file stem)")
+    gp.add_argument(
+        "--date",
+        type=dt.date.fromisoformat,
+        help="UTC date (YYYY-MM-DD) for NMEA logs without RMC, which never state it",
+    )
+    gp.set_defaults(func=_gps_parse)
+
+    o = sub.add_parser(
+        "onboard",
+        help="the forwarder in a vehicle: receiver and emergency status to the central broker",
+        description="Run the onboard forwarder until SIGTERM or SIGINT (see docs/onboard.md).",
+    )
+    o.add_argument("--config", type=Path, required=True, help="onboard TOML file")
+    o.add_argument("--check", action="store_true", help="validate the file, print it, exit")
+    o.set_defaults(func=_onboard)
     return p
 
 
@@ -160,6 +191,76 @@ def _match(args: argparse.Namespace) -> int:
     summary = {"fixes": len(fixes), "dropped": dict(dropped), "matcher": dict(matcher.counters)}
     print(json.dumps(summary) if args.json else f"summary: {summary}", file=sys.stderr)
     return EXIT_OK
+
+
+def _gps_parse(args: argparse.Namespace) -> int:
+    from gps.files import TrackFileError, read_track
+    from gps.nmea import parse_nmea_file
+
+    path: Path = args.file
+    vehicle = args.vehicle or path.stem or "track"
+    try:
+        if path.suffix.lower() in (".gpx", ".csv"):
+            fixes, dropped = read_track(path, vehicle)
+        else:
+            fixes, dropped = parse_nmea_file(path, vehicle, date_hint=args.date)
+    except TrackFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"error: {path}: cannot read the recording: {reason}", file=sys.stderr)
+        return EXIT_CONFIG
+    drop_counts = dict(sorted(dropped.items()))
+    summary = {"fixes": len(fixes), "dropped": drop_counts}
+    try:
+        for fix in fixes:
+            print(json.dumps(_fix_doc(fix)) if args.json else _fix_line(fix))
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            drops = ", ".join(f"{k} {v}" for k, v in drop_counts.items()) or "none"
+            print(f"{len(fixes)} fixes; dropped: {drops}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head`: the reader has seen enough. Quietly, and no second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+def _fix_doc(fix: Fix) -> dict[str, object]:
+    return {
+        "vehicle": fix.vehicle,
+        "time": fix.time,
+        "lat": fix.lat,
+        "lon": fix.lon,
+        "speed": fix.speed,
+        "course": fix.course,
+        "hdop": fix.hdop,
+        "quality": int(fix.quality),
+        "satellites": fix.satellites,
+        "source": fix.source,
+    }
+
+
+def _fix_line(fix: Fix) -> str:
+    stamp = dt.datetime.fromtimestamp(fix.time, dt.UTC).isoformat(timespec="milliseconds")
+    speed = "-" if fix.speed is None else f"{fix.speed * 3.6:.1f} km/h"
+    course = "-" if fix.course is None else f"{fix.course:.0f}°"
+    hdop = "-" if fix.hdop is None else f"{fix.hdop:.1f}"
+    sats = "-" if fix.satellites is None else str(fix.satellites)
+    return (
+        f"{stamp.replace('+00:00', 'Z')}  {fix.lat:.6f} {fix.lon:.6f}  {speed}  {course}  "
+        f"hdop {hdop}  sats {sats}  {fix.quality.name.lower()}"
+    )
+
+
+def _onboard(args: argparse.Namespace) -> int:
+    from preemption.onboard import main as onboard_main
+
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # a service: its log says what it does
+    return onboard_main(args.config, check=args.check)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gps.backoff import Backoff
 from gps.gpsd import DROP_REASONS, MAX_LINE, GpsdDecoder, GpsdSource, watch_command
 from gps.nmea import parse_nmea_file
-from gps.serial import Backoff
 from preemption.clock import RealClock
 from preemption.model import Fix, FixQuality
 

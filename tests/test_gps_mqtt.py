@@ -28,6 +28,7 @@ from gps.mqtt import (
     SOURCE_DROP_REASONS,
     BrokerConfigError,
     BrokerSettings,
+    LinkWatch,
     MqttFixSource,
     TopicKind,
     VehicleStatus,
@@ -350,6 +351,23 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path: Path) -> None:
         source(vehicles=("a/b",))
     with pytest.raises(BrokerConfigError, match="persistent MQTT session needs a fixed client_id"):
         source(persistent_session=True)
+
+
+def test_reconnect_delays_double_with_jitter_and_wait_long_for_a_person() -> None:
+    settings = BrokerSettings("127.0.0.1", reconnect_min_s=0.5, reconnect_max_s=8.0)
+    watch = LinkWatch(settings, SimClock(NOW), "test", logging.getLogger("test"), seed="x")
+    lost = aiomqtt.MqttError("Disconnected during message iteration")
+    delays = [watch.down(lost) for _ in range(7)]
+    for delay, base in zip(delays, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0], strict=True):
+        assert 0.75 * base <= delay <= base
+    again = LinkWatch(settings, SimClock(NOW), "test", logging.getLogger("test"), seed="x")
+    assert [again.down(lost) for _ in range(7)] == delays  # seeded: repeatable
+    watch.up()
+    assert watch.down(lost) <= 0.5  # a new outage starts from the minimum
+    refused = aiomqtt.MqttError("SSL: CERTIFICATE_VERIFY_FAILED")
+    assert 6.0 <= watch.down(refused) <= 8.0  # waiting will not fix a certificate
+    with pytest.raises(BrokerConfigError, match="need 0 < min <= max < inf"):
+        BrokerSettings("127.0.0.1", reconnect_max_s=math.inf)
 
 
 # -- fuzzing the decode path -------------------------------------------------------

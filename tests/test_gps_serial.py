@@ -17,8 +17,9 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gps.backoff import Backoff
 from gps.nmea import parse_nmea_file
-from gps.serial import Backoff, Closable, SerialNmeaSource
+from gps.serial import Closable, SerialNmeaSource
 from preemption.clock import RealClock, SimClock
 from preemption.model import Fix
 
@@ -126,12 +127,31 @@ def test_backoff_grows_to_its_cap() -> None:
     assert [next(delays) for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
 
+def test_backoff_by_attempt_number_matches_the_sequence() -> None:
+    backoff = Backoff(0.5, 2.0, 10.0)
+    delays = backoff.delays()
+    assert [backoff.delay(n) for n in range(7)] == [next(delays) for _ in range(7)]
+    assert backoff.delay(10_000) == 10.0  # no overflow for a very long outage
+
+
+def test_backoff_jitter_shortens_each_delay_repeatably() -> None:
+    backoff = Backoff(1.0, 2.0, 8.0, jitter=0.25)
+    assert backoff.delay(3) == 8.0  # no rng: exact
+    first = [backoff.delay(n, random.Random("seed")) for n in range(5)]
+    assert first == [backoff.delay(n, random.Random("seed")) for n in range(5)]
+    for n, delay in enumerate(first):
+        assert 0.75 * backoff.base(n) <= delay <= backoff.base(n)
+    jittered = backoff.delays(random.Random(1))
+    assert all(0.75 <= next(jittered) / base <= 1.0 for base in (1.0, 2.0, 4.0, 8.0, 8.0))
+
+
 @pytest.mark.parametrize(
-    ("initial", "factor", "cap"), [(0.0, 2.0, 1.0), (2.0, 2.0, 1.0), (0.5, 0.5, 1.0)]
+    ("initial", "factor", "cap", "jitter"),
+    [(0.0, 2.0, 1.0, 0.0), (2.0, 2.0, 1.0, 0.0), (0.5, 0.5, 1.0, 0.0), (0.5, 2.0, 1.0, 1.0)],
 )
-def test_a_bad_backoff_is_refused(initial: float, factor: float, cap: float) -> None:
+def test_a_bad_backoff_is_refused(initial: float, factor: float, cap: float, jitter: float) -> None:
     with pytest.raises(ValueError, match="backoff"):
-        Backoff(initial, factor, cap)
+        Backoff(initial, factor, cap, jitter)
 
 
 def test_a_missing_device_is_retried_with_backoff_and_logged_once(
