@@ -80,6 +80,7 @@ class MatcherConfig:
     leave_heading_deg: float = 35.0  # course off the route by this much counts as leaving
     leave_fixes: int = 2
     uturn_heading_deg: float = 120.0
+    verdict_weight: float = 0.75  # share of the probability that must see a U-turn / leaving
     uturn_fixes: int = 2
     dead_reckoning_s: float = 30.0
     corner_turn_deg: float = 20.0  # a turn this sharp within reach is handled as a corner
@@ -309,7 +310,14 @@ class RouteMatcher:
         best_inlier = -math.inf
         for rid, h in self._hyps.items():
             g = self.index.geometry[rid]
-            h.predict(travel, q_s, phi, q_b)
+            along = travel
+            if course_ok:
+                # Along the route is speed times the cosine of the course against it: a
+                # vehicle turning back does not keep moving on in the filter.
+                reach = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
+                agree = g.heading_agreement(fix.course or 0.0, h.s, reach)
+                along = travel * max(agree, 0.0) if travel > 0 else travel
+            h.predict(along, q_s, phi, q_b)
             sd = math.sqrt(max(h.pss, 1e-6))
             reach = cfg.corner_sigmas * sd + 5.0
             if g.turn_between(h.s - reach, h.s + reach) > cfg.corner_turn_deg:
@@ -380,25 +388,36 @@ class RouteMatcher:
             self._drop(Verdict.LEFT_ROUTE)
 
     def _judge(self, fix: Fix, course_ok: bool, outlier: bool) -> None:
-        """Left the route or turned around? Every hypothesis must agree."""
+        """Left the route or turned around? Judged by the hypotheses that carry the weight.
+
+        The course over ground (Doppler) is compared with the route around the
+        filter's s, not around the fix's projection: a multipath fix projects
+        anywhere, the course does not jump with it. A hypothesis with little weight
+        (a branch just past a fork) does not veto a verdict.
+        """
         cfg = self.config
-        hyps = list(self._hyps.values())
-        heading_off = [
-            _angle(fix.course or 0.0, h.proj.heading) if course_ok and h.proj else 0.0 for h in hyps
-        ]
-        reversing = course_ok and all(a >= cfg.uturn_heading_deg for a in heading_off)
+        probs = self.probabilities()
+        course = fix.course or 0.0
+        reversing_w = drifting_w = 0.0
+        for r, h in self._hyps.items():
+            g = self.index.geometry[r]
+            if course_ok:
+                near = _angle_of(g.heading_agreement(course, h.s, cfg.corner_m))
+                if near >= cfg.uturn_heading_deg:
+                    reversing_w += probs[r]
+                wide = _angle_of(
+                    g.heading_agreement(
+                        course, h.s, cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
+                    )
+                )
+                if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
+                    drifting_w += probs[r]
+            elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
+                # Without a course, only a sustained drift (not a burst) counts.
+                drifting_w += probs[r]
+        reversing = course_ok and reversing_w >= cfg.verdict_weight
+        drifting = drifting_w >= cfg.verdict_weight
         self._reversing = self._reversing + 1 if reversing else 0
-        drifting = (
-            all(
-                abs(h.innovation) >= cfg.leave_offset_m and a >= cfg.leave_heading_deg
-                for h, a in zip(hyps, heading_off, strict=True)
-            )
-            and course_ok
-        )
-        # Without a course, only a sustained drift (not a burst) counts.
-        drifting = drifting or (
-            not course_ok and outlier and all(abs(h.innovation) >= 3 * cfg.sigma_m for h in hyps)
-        )
         self._leaving = self._leaving + 1 if drifting and not reversing else 0
         if self._reversing >= cfg.uturn_fixes:
             self._drop(Verdict.U_TURN)
@@ -540,6 +559,10 @@ def _corner_likelihood(
     weights = sum(math.exp(-0.5 * (sigmas * k / 4.0) ** 2) for k in range(-4, 5))
     ll = top + math.log(sum(math.exp(v - top) for v in terms)) - math.log(weights) + norm
     return ll, best[1]
+
+
+def _angle_of(cosine: float) -> float:
+    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
 
 
 def _angle(a: float, b: float) -> float:

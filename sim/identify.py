@@ -76,6 +76,7 @@ class Results:
     wrong: int = 0  # runs in which the matcher committed to a route not the engine's
     wrong_decisions: int = 0  # branch points where the engine's own branch lost
     runs: int = 0
+    false_off_runs: int = 0  # runs in which the matcher said off-route while the engine was on it
     decisions: int = 0
     pos_err: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
     eta30: list[float] = field(default_factory=list)
@@ -92,6 +93,7 @@ class Results:
             "wrong_commit_pct": round(100.0 * self.wrong / max(self.runs, 1), 3),
             "wrong_decision_pct": round(100.0 * self.wrong_decisions / n, 3),
             "identify_runs": self.runs,
+            "false_off_route_pct": round(100.0 * self.false_off_runs / max(self.runs, 1), 3),
             "undecided": len(self.undecided),
         }
         by_class: dict[str, list[float]] = defaultdict(list)
@@ -155,6 +157,7 @@ def run_identify(
     wrong = False
     arrivals = {sig.intersection: _arrival(truth, sig.stop_line_m) for sig in mr.signals}
     eta_done: set[str] = set()
+    acquired = false_off = False
     for tp in truth:
         p = mr.at(tp.s)
         obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
@@ -163,6 +166,8 @@ def run_identify(
         pos = matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
         if pos.committed is not None and pos.committed != route:
             wrong = True
+        acquired = acquired or pos.on_route
+        false_off = false_off or (acquired and not pos.on_route)
         for bp in branch_points:
             if bp.fork in decided or tp.s < bp.s_fork_m:
                 continue
@@ -191,6 +196,7 @@ def run_identify(
         elif not math.isnan(d):
             results.commits.append((bp.angle_class.value, d))
     results.runs += 1
+    results.false_off_runs += false_off
     if wrong:
         results.wrong += 1
 
