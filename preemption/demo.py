@@ -22,6 +22,7 @@ from preemption.daemon import Daemon
 from preemption.model import CommandKind, Fix
 from preemption.planner import Planner
 from routes.geojson import RouteSet, load_routes
+from routes.index import RouteIndex
 from routes.matcher import RouteMatcher
 from signal_adapters import registry
 from signal_adapters.base import AdapterContext, SignalAdapter
@@ -121,12 +122,17 @@ def build_daemon(
         c.id: registry.load(c.adapter)(c.id, c.options, ctx) for c in dep.controllers
     }
     planner = Planner(
-        [mr.route for mr in routes], dep.planner, clock, {v.id: v.priority for v in dep.vehicles}
+        [mr.route for mr in routes],
+        dep.planner,
+        clock,
+        {v.id: v.priority for v in dep.vehicles},
+        dep.priorities,
     )
+    index = RouteIndex(routes)  # built once, shared by every vehicle's matcher
     return Daemon(
         clock=clock,
         planner=planner,
-        matcher_for=lambda vehicle: RouteMatcher(vehicle, routes),
+        matcher_for=lambda vehicle: RouteMatcher(vehicle, index),
         adapters=adapters,
     )
 

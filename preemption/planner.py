@@ -311,11 +311,13 @@ class Planner:
         return out
 
     def release_all(self, reason: str) -> list[Command]:
-        out: list[Command] = []
-        for vid in list(self._vehicles):
-            out += self._end_vehicle(vid, ClaimState.CANCELLED, reason)
-        for req in list(self._requests.values()):  # none should be left; belt and braces
-            out += self._close(req, ClaimState.CANCELLED, reason)
+        """Take back every request and end every claim (shutdown): nothing new is asked."""
+        out = [self._cancel(req, reason) for req in list(self._requests.values())]
+        for v in self._vehicles.values():
+            for claim in list(v.claims.values()):
+                self._set(claim, ClaimState.CANCELLED, reason)
+            v.claims.clear()
+        self._claims_at.clear()
         return out
 
     def withdraw(self, vehicle: str, reason: str = "withdrawn by operator") -> list[Command]:

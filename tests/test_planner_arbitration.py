@@ -179,6 +179,18 @@ def test_two_engines_on_the_same_approach_share_one_request() -> None:
     assert [c.kind for c in st_.requests_at("X1")][-1] is CommandKind.CANCEL
 
 
+def test_shutdown_cancels_and_asks_for_nothing_new() -> None:
+    st_ = Street()
+    for v in ("HLF-1", "HLF-2"):
+        st_.planner.set_emergency(v, True)
+    st_.at("HLF-1", EW, 880.0)
+    st_.at("HLF-2", NS, 670.0)  # queued behind HLF-1 at X1
+    out = st_.planner.release_all("daemon stopping")
+    assert [(c.kind, c.approach) for c in out] == [(CommandKind.CANCEL, "1")]
+    assert st_.planner.active == 0
+    assert st_.planner.claim_state("HLF-2", "X1") is None
+
+
 def test_gps_lost_for_20_s_then_back() -> None:
     st_ = Street()
     st_.planner.set_emergency("HLF-1", True)
