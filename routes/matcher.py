@@ -85,7 +85,7 @@ class MatcherConfig:
     dead_reckoning_s: float = 30.0
     corner_turn_deg: float = 20.0  # a turn this sharp within reach is handled as a corner
     corner_sigmas: float = 2.5  # how far along the route (in sigma of s) a corner is looked for
-    resync_after: int = 8  # consecutive outliers (longer than a multipath burst) before resync
+    resync_after: int = 15  # consecutive outliers (longer than back-to-back bursts) before resync
     max_speed: float = 40.0  # m/s; faster apparent motion is not motion
 
 
@@ -311,12 +311,12 @@ class RouteMatcher:
         for rid, h in self._hyps.items():
             g = self.index.geometry[rid]
             along = travel
-            if course_ok:
-                # Along the route is speed times the cosine of the course against it: a
-                # vehicle turning back does not keep moving on in the filter.
+            if course_ok and dt <= 2.0:
+                # A vehicle turning back does not keep moving on in the filter. (Only over
+                # a short interval: after a gap the route may have turned meanwhile.)
                 reach = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
-                agree = g.heading_agreement(fix.course or 0.0, h.s, reach)
-                along = travel * max(agree, 0.0) if travel > 0 else travel
+                if g.heading_agreement(fix.course or 0.0, h.s, reach) < -0.3:
+                    along = 0.0
             h.predict(along, q_s, phi, q_b)
             sd = math.sqrt(max(h.pss, 1e-6))
             reach = cfg.corner_sigmas * sd + 5.0
