@@ -81,6 +81,7 @@ class MatcherConfig:
     leave_fixes: int = 2
     uturn_heading_deg: float = 120.0
     verdict_weight: float = 0.75  # share of the probability that must see a U-turn / leaving
+    uturn_flip_deg: float = 150.0  # course against the last route-following course
     uturn_fixes: int = 2
     dead_reckoning_s: float = 30.0
     corner_turn_deg: float = 20.0  # a turn this sharp within reach is handled as a corner
@@ -196,6 +197,7 @@ class RouteMatcher:
         self._leaving = 0
         self._reversing = 0
         self._outliers = 0  # consecutive fixes nothing explained
+        self._aligned_course: float | None = None  # last course that followed the route
         self._last: RoutePosition | None = None
 
     # -- inputs from outside --------------------------------------------------
@@ -415,7 +417,17 @@ class RouteMatcher:
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
                 # Without a course, only a sustained drift (not a burst) counts.
                 drifting_w += probs[r]
-        reversing = course_ok and reversing_w >= cfg.verdict_weight
+        # The vehicle's own course flipping against the last course it drove along the
+        # route: a U-turn whatever a stray hypothesis past a fork may say.
+        flipped = (
+            course_ok
+            and self._aligned_course is not None
+            and _angle(course, self._aligned_course) >= cfg.uturn_flip_deg
+            and reversing_w >= 0.5
+        )
+        reversing = course_ok and (reversing_w >= cfg.verdict_weight or flipped)
+        if course_ok and reversing_w == 0.0 and drifting_w == 0.0:
+            self._aligned_course = course
         drifting = drifting_w >= cfg.verdict_weight
         self._reversing = self._reversing + 1 if reversing else 0
         self._leaving = self._leaving + 1 if drifting and not reversing else 0
@@ -425,6 +437,7 @@ class RouteMatcher:
             self._drop(Verdict.LEFT_ROUTE)
 
     def _drop(self, verdict: Verdict) -> None:
+        self._aligned_course = None
         self.counters[verdict.value] += 1
         self.verdict = verdict
         self._hyps.clear()
