@@ -66,13 +66,15 @@ class MatcherConfig:
     white_m: float = 3.0  # independent noise per fix, plus the lane's offset from the centre line
     outlier_prob: float = 0.03  # share of fixes that are multipath: explained by nothing
     outlier_radius_m: float = 150.0  # uniform outlier density over this disc
-    heading_kappa: float = 4.0  # von Mises concentration of course over ground
+    heading_kappa: float = 30.0  # von Mises concentration of course over ground (~10 deg)
+    heading_cap: float = 8.0  # most a fix's course can count against a route (log units)
     min_course_speed: float = 3.0  # m/s below which course over ground is noise
     corner_m: float = 12.0  # the course may match any segment this close (corners)
     speed_sigma: float = 0.5  # m/s error of the along-route travel over one interval
     acquire_m: float = 40.0  # a route this close may be the one
     acquire_heading_deg: float = 60.0  # and only when the course agrees this well
     commit_probability: float = 0.95
+    fork_sigmas: float = 2.0  # commit only this many sigma of s past the fork
     keep_probability: float = 0.3  # a committed route stays committed above this
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
@@ -340,7 +342,8 @@ class RouteMatcher:
                 ll = -0.5 * maha - _LOG_2PI - 0.5 * math.log(det)
             if course_ok:
                 agree = g.heading_agreement(fix.course or 0.0, proj.s, cfg.corner_m)
-                ll += cfg.heading_kappa * (agree - 1.0)
+                # Capped: a drawn route's heading is not a surveyed one.
+                ll += max(cfg.heading_kappa * (agree - 1.0), -cfg.heading_cap)
             h.proj = proj
             h.innovation = gate[1]
             results.append((rid, h, ll, gate))
@@ -518,7 +521,7 @@ class RouteMatcher:
         only once the vehicle is two sigmas of s beyond the fork.
         """
         h = self._hyps[route]
-        behind = h.s - 2.0 * math.sqrt(max(h.pss, 0.0))
+        behind = h.s - self.config.fork_sigmas * math.sqrt(max(h.pss, 0.0))
         shared = self.index.network.routes_sharing(route, max(behind, 0.0))
         return not any(r in shared for r, p in probs.items() if r != route and p >= 1e-3)
 
