@@ -33,14 +33,19 @@ import csv
 import datetime as dt
 import io
 import logging
-import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Final, Literal
 
-from gps.nmea import MAX_SPEED_MS
+from gps.validity import (
+    TimeOrder,
+    course_or_none,
+    plausible_hdop,
+    plausible_satellites,
+    position_problem,
+)
 from preemption.model import Fix, FixQuality
 
 __all__ = [
@@ -107,7 +112,7 @@ class _Track:
         self.source = source
         self.fixes: list[Fix] = []
         self.dropped: Counter[str] = Counter()
-        self._last_time: float | None = None
+        self._order = TimeOrder()
 
     def add(
         self,
@@ -121,22 +126,14 @@ class _Track:
         quality: FixQuality,
         satellites: int | None,
     ) -> None:
-        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
-            raise _Drop("impossible_coordinates")  # NaN fails the range test too
-        if speed is not None and not 0.0 <= speed <= MAX_SPEED_MS:
-            raise _Drop("impossible_speed")
-        if course is not None:
-            course = course % 360.0 if 0.0 <= course <= 360.0 else None
-        if hdop is not None and not 0.0 < hdop < math.inf:
+        problem = position_problem(lat, lon, speed) or self._order.check(time)
+        if problem is not None:
+            raise _Drop(problem)
+        course = course_or_none(course)
+        if hdop is not None and not plausible_hdop(hdop):
             hdop = None
-        if satellites is not None and not 0 <= satellites <= 1000:
+        if satellites is not None and not plausible_satellites(satellites):
             satellites = None
-        if self._last_time is not None:
-            if time == self._last_time:
-                raise _Drop("duplicate_epoch")
-            if time < self._last_time:
-                raise _Drop("time_backwards")
-        self._last_time = time
         self.fixes.append(
             Fix(
                 vehicle=self.vehicle,

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gps.backoff import Backoff
-from gps.nmea import MAX_SPEED_MS
+from gps.outage import Outage, ReconnectingSource, close_quietly, describe
+from gps.validity import (
+    TimeOrder,
+    course_or_none,
+    plausible_coordinates,
+    plausible_hdop,
+    plausible_satellites,
+    plausible_speed,
+)
 from preemption.clock import Clock
 from preemption.model import Fix, FixQuality
 
@@ -126,7 +134,7 @@ class GpsdDecoder:
         self.reports: Counter[str] = Counter()  # by class, whatever became of them
         self._sky_max_age_s = sky_max_age_s
         self._sky: dict[str, _Sky] = {}
-        self._last_time: float | None = None
+        self._order = TimeOrder()
 
     def feed_line(self, line: bytes | str, now: float) -> Fix | None:
         """One line from gpsd (with or without its end); ``now`` is the monotonic time."""
@@ -180,25 +188,21 @@ class GpsdDecoder:
         lat, lon = _number(report["lat"]), _number(report["lon"])
         if lat is None or lon is None:
             raise _Drop("bad_report")
-        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
-            raise _Drop("impossible_coordinates")  # NaN fails the range test too
-        speed = _number(report.get("speed"))
-        if speed is not None and not 0.0 <= speed <= MAX_SPEED_MS:
+        if not plausible_coordinates(lat, lon):
+            raise _Drop("impossible_coordinates")
+        speed = _number(report.get("speed"))  # read only now: a bad type here is bad_report
+        if not plausible_speed(speed):
             raise _Drop("impossible_speed")
-        track = _number(report.get("track"))
-        course = track % 360.0 if track is not None and 0.0 <= track <= 360.0 else None
+        course = course_or_none(_number(report.get("track")))
         status = report.get("status", 1)
         if type(status) is not int:
             raise _Drop("bad_report")
         if status == 0:
             raise _Drop("no_fix")  # a mode 2/3 TPV that says "no fix" is not trusted
         quality = _STATUS_QUALITY.get(status, FixQuality.GPS)
-        if self._last_time is not None:
-            if time == self._last_time:
-                raise _Drop("duplicate_epoch")
-            if time < self._last_time:
-                raise _Drop("time_backwards")
-        self._last_time = time
+        out_of_order = self._order.check(time)
+        if out_of_order is not None:
+            raise _Drop(out_of_order)
         sky = self._sky.get(device if isinstance(device, str) else "")
         if sky is not None and now - sky.received > self._sky_max_age_s:
             sky = None
@@ -222,7 +226,7 @@ class GpsdDecoder:
         # A SKY only lends to the next TPV: a malformed one lends nothing and is no drop.
         value = report.get("hdop")
         hdop = float(value) if type(value) is int or type(value) is float else None
-        if hdop is not None and not 0.0 < hdop < math.inf:
+        if hdop is not None and not plausible_hdop(hdop):
             hdop = None
         used = report.get("uSat")
         if type(used) is not int:
@@ -232,7 +236,7 @@ class GpsdDecoder:
                 if isinstance(satellites, list)
                 else None
             )
-        if used is not None and not 0 <= used <= 1000:
+        if used is not None and not plausible_satellites(used):
             used = None
         key = device if isinstance(device, str) else ""
         self._sky[key] = _Sky(now, hdop, used)
@@ -262,7 +266,7 @@ def _time(value: object) -> float:
         raise _Drop("bad_time") from None
 
 
-class GpsdSource:
+class GpsdSource(ReconnectingSource[GpsdDecoder]):
     """Fixes of one vehicle from gpsd over TCP, reconnecting when gpsd goes away.
 
     Iterate once. Counters: ``outages`` (gpsd lost or not reachable at first),
@@ -301,34 +305,28 @@ class GpsdSource:
             device=device,
             sky_max_age_s=sky_max_age_s,
         )
-        self.outages = 0
-        self.reconnects = 0
         self.connect_failures = 0
         self.connected = False
         self._clock = clock
-        self._backoff = backoff or Backoff()
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
-        self._outage_since: float | None = None
-        self._attempts = 0
-
-    @property
-    def vehicle(self) -> str:
-        return self.decoder.vehicle
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self.decoder.dropped
+        self._outage = Outage(
+            clock,
+            backoff or Backoff(),
+            log,
+            name=f"gpsd at {self.address}",
+            who=f"gpsd at {self.address} for vehicle {vehicle}",
+            check=(
+                "Check that gpsd is running (systemctl status gpsd), that it listens on "
+                f"{self.address}, and that a receiver is attached (gpspipe -w {self.address})."
+            ),
+        )
 
     @property
     def reports(self) -> Counter[str]:
         return self.decoder.reports
 
-    def __aiter__(self) -> AsyncGenerator[Fix, None]:
-        return self._fixes()
-
     async def _fixes(self) -> AsyncGenerator[Fix, None]:
-        delays = self._backoff.delays()
         while True:
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
@@ -339,8 +337,7 @@ class GpsdSource:
                 raise
             except Exception as exc:  # refused, unreachable, timed out, bad host name
                 self.connect_failures += 1
-                self._lost(f"cannot connect ({_describe(exc)})")
-                await self._clock.sleep(next(delays))
+                await self._clock.sleep(self._outage.lost(f"cannot connect ({describe(exc)})"))
                 continue
             self.connected = True
             talking = False
@@ -359,8 +356,7 @@ class GpsdSource:
                         break
                     if not talking:
                         talking = True
-                        self._back()
-                        delays = self._backoff.delays()
+                        self._outage.back()
                     fix = self.decoder.feed_line(line, self._clock.monotonic())
                     if fix is not None:
                         yield fix
@@ -369,57 +365,8 @@ class GpsdSource:
             except TimeoutError:
                 reason = f"gpsd sent nothing for {self._idle_timeout_s} s"
             except Exception as exc:
-                reason = f"the connection failed ({_describe(exc)})"
+                reason = f"the connection failed ({describe(exc)})"
             finally:
                 self.connected = False
-                await _close(writer, self.address)
-            self._lost(reason)
-            await self._clock.sleep(next(delays))
-
-    def _lost(self, reason: str) -> None:
-        self._attempts += 1
-        if self._outage_since is None:
-            self._outage_since = self._clock.monotonic()
-            self.outages += 1
-            log.warning(
-                "gpsd at %s for vehicle %s: %s. Fixes stop until it is back; retrying with "
-                "backoff up to %.0f s. Check that gpsd is running (systemctl status gpsd), "
-                "that it listens on %s, and that a receiver is attached (gpspipe -w %s).",
-                self.address,
-                self.vehicle,
-                reason,
-                self._backoff.max_s,
-                self.address,
-                self.address,
-            )
-        else:
-            log.debug("gpsd at %s still unavailable: %s", self.address, reason)
-
-    def _back(self) -> None:
-        if self._outage_since is not None:
-            self.reconnects += 1
-            log.info(
-                "gpsd at %s for vehicle %s is back after %.1f s (%d attempts)",
-                self.address,
-                self.vehicle,
-                self._clock.monotonic() - self._outage_since,
-                self._attempts,
-            )
-        self._outage_since = None
-        self._attempts = 0
-
-
-async def _close(writer: asyncio.StreamWriter, address: str) -> None:
-    try:
-        writer.close()
-        async with asyncio.timeout(2.0):
-            await writer.wait_closed()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        log.debug("closing the connection to gpsd at %s: %s", address, _describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+                await close_quietly(writer, f"the connection to gpsd at {self.address}", log)
+            await self._clock.sleep(self._outage.lost(reason))

@@ -45,7 +45,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,6 +55,15 @@ from typing import Any, Final
 
 import pynmea2
 
+from gps.validity import (
+    MAX_SPEED_MS,
+    TimeOrder,
+    course_or_none,
+    plausible_coordinates,
+    plausible_hdop,
+    plausible_satellites,
+    plausible_speed,
+)
 from preemption.model import Fix, FixQuality
 
 __all__ = [
@@ -69,7 +77,6 @@ __all__ = [
 ]
 
 KNOT_MS: Final = 1852.0 / 3600.0  # one knot in m/s
-MAX_SPEED_MS: Final = 100.0  # 360 km/h: beyond any road vehicle, so a corrupt field
 MAX_SENTENCE_LEN: Final = 200  # NMEA allows 82; vendors overshoot a little, never this much
 
 DROP_REASONS: Final = frozenset(
@@ -163,7 +170,7 @@ class NmeaDecoder:
         self._epoch: _Epoch | None = None
         self._day = date_hint.toordinal() if date_hint is not None else None
         self._day_tod: float | None = None
-        self._last_time: float | None = None
+        self._order = TimeOrder()
         self._out: list[Fix] = []
         self._kind = ""  # type of the sentence being handled
         self._cycle: dict[str, int] = {}  # learned sentences of a complete epoch
@@ -323,15 +330,7 @@ class NmeaDecoder:
         if not isinstance(quality, int) or not 0 <= quality <= 8:
             raise _Drop("parse_error")
         epoch = self._timed_epoch(_tod(msg.timestamp), "no_fix" if quality == 0 else None)
-        lat, lon = _position(msg)
-        hdop = _hdop(msg.horizontal_dil)
-        satellites = _count(msg.num_sats)
-        _merge_position(epoch, lat, lon, FixQuality(quality), 3)
-        if epoch.hdop is None:
-            epoch.hdop = hdop
-        if epoch.satellites is None:
-            epoch.satellites = satellites
-        epoch.merged += 1
+        _merge_fix(epoch, msg, FixQuality(quality), msg.horizontal_dil)
 
     def _gns(self, msg: Any) -> None:
         mode = msg.mode_indicator or ""
@@ -339,15 +338,7 @@ class NmeaDecoder:
             raise _Drop("parse_error")
         fixed = [c for c in mode if c != "N"]
         epoch = self._timed_epoch(_tod(msg.timestamp), None if fixed else "no_fix")
-        lat, lon = _position(msg)
-        hdop = _hdop(msg.hdop)
-        satellites = _count(msg.num_sats)
-        _merge_position(epoch, lat, lon, _MODE_QUALITY[fixed[0]], 3)
-        if epoch.hdop is None:
-            epoch.hdop = hdop
-        if epoch.satellites is None:
-            epoch.satellites = satellites
-        epoch.merged += 1
+        _merge_fix(epoch, msg, _MODE_QUALITY[fixed[0]], msg.hdop)
 
     def _rmc(self, msg: Any) -> None:
         mode = msg.mode_indicator or ""
@@ -435,12 +426,9 @@ class NmeaDecoder:
                 day += 1  # the time of day wrapped past midnight since the last date
         self._day, self._day_tod = day, epoch.tod
         time = (day - _EPOCH_ORDINAL) * 86_400 + epoch.tod
-        if self._last_time is not None:
-            if time == self._last_time:
-                return "duplicate_epoch"
-            if time < self._last_time:
-                return "time_backwards"
-        self._last_time = time
+        out_of_order = self._order.check(time)
+        if out_of_order is not None:
+            return out_of_order
         hdop = epoch.hdop if epoch.hdop is not None else epoch.gsa_hdop
         satellites = epoch.satellites
         if satellites is None and epoch.gsa_satellites:
@@ -470,6 +458,19 @@ _HANDLERS: Final = {
     "VTG": NmeaDecoder._vtg,
     "GSA": NmeaDecoder._gsa,
 }
+
+
+def _merge_fix(epoch: _Epoch, msg: Any, quality: FixQuality, hdop_field: object) -> None:
+    """Merge a GGA or GNS: position, hdop and satellites (all read before any is merged)."""
+    lat, lon = _position(msg)
+    hdop = _hdop(hdop_field)
+    satellites = _count(msg.num_sats)
+    _merge_position(epoch, lat, lon, quality, 3)
+    if epoch.hdop is None:
+        epoch.hdop = hdop
+    if epoch.satellites is None:
+        epoch.satellites = satellites
+    epoch.merged += 1
 
 
 def _merge_position(epoch: _Epoch, lat: float, lon: float, quality: FixQuality, rank: int) -> None:
@@ -512,7 +513,7 @@ def _position(msg: Any) -> tuple[float, float]:
     # ddmm.mmmm: pynmea2 accepts minutes >= 60 and degrees beyond the range.
     if float(lat_s) % 100.0 >= 60.0 or float(lon_s) % 100.0 >= 60.0:
         raise _Drop("impossible_coordinates")
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+    if not plausible_coordinates(lat, lon):
         raise _Drop("impossible_coordinates")
     return lat, lon
 
@@ -542,31 +543,26 @@ def _speed(value: object, to_ms: float) -> float | None:
     if number is None:
         return None
     speed = number * to_ms
-    if not 0.0 <= speed <= MAX_SPEED_MS:  # also catches NaN
+    if not plausible_speed(speed):
         raise _Drop("impossible_speed")
     return speed
 
 
 def _course(value: object) -> float | None:
     """Course over ground in [0, 360), or None: a bad course is not worth the position."""
-    number = _number(value)
-    if number is None or not 0.0 <= number <= 360.0:
-        return None
-    return number % 360.0
+    return course_or_none(_number(value))
 
 
 def _hdop(value: object) -> float | None:
     number = _number(value)
-    if number is None or not (0.0 < number < math.inf):
-        return None
-    return number
+    return number if number is not None and plausible_hdop(number) else None
 
 
 def _count(value: object) -> int | None:
     if value is None or value == "":
         return None
     count = int(str(value))
-    return count if 0 <= count <= 1000 else None
+    return count if plausible_satellites(count) else None
 
 
 def parse_nmea_file(

@@ -48,6 +48,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from gps.validity import (
+    MAX_SPEED_MS,
+    plausible_hdop,
+    plausible_satellites,
+    position_problem,
+)
 from preemption.clock import Clock
 from preemption.model import Fix, FixQuality
 
@@ -72,8 +78,6 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 2048  # a position is ~220 bytes; anything this big is not ours
-MAX_SPEED_MS: Final = 100.0  # as gps/nmea.py: 360 km/h is beyond any road vehicle
-MAX_SATELLITES: Final = 1000
 MAX_SEQ: Final = 2**63 - 1
 # Plausible fix times: a receiver without almanac or with a week-rollover bug
 # reports 1980 or 1999/2019 dates; nothing before 2000 or after 2100 is real.
@@ -281,19 +285,21 @@ def _check_values(
     time, lat, lon = _float(time), _float(lat), _float(lon)
     if not MIN_TIME <= time <= MAX_TIME:  # also catches NaN
         return Rejected("impossible_time", f"time {time!r} is not between 2000 and 2100")
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
-        return Rejected("impossible_coordinates", f"lat {lat!r}, lon {lon!r}")
-    if speed is not None and not 0.0 <= _float(speed) <= MAX_SPEED_MS:
-        return Rejected("impossible_speed", f"speed {speed!r} m/s")
+    problem = position_problem(lat, lon, None if speed is None else _float(speed))
+    if problem == "impossible_coordinates":
+        return Rejected(problem, f"lat {lat!r}, lon {lon!r}")
+    if problem is not None:
+        return Rejected(problem, f"speed {speed!r} m/s")
+    # Stricter than the lenient decoders, which read a course of 360 as 0.
     if course is not None and not 0.0 <= _float(course) < 360.0:
         return Rejected("impossible_value", f"course {course!r} is not in [0, 360)")
-    if hdop is not None and not 0.0 < _float(hdop) < math.inf:
+    if hdop is not None and not plausible_hdop(_float(hdop)):
         return Rejected("impossible_value", f"hdop {hdop!r} is not a finite number > 0")
     if not 0 <= quality <= max(FixQuality):
         return Rejected("impossible_value", f"quality {quality!r} is not a GGA quality 0..8")
     if quality == FixQuality.INVALID:
         return Rejected("no_fix", "quality 0: the receiver has no fix")
-    if satellites is not None and not 0 <= satellites <= MAX_SATELLITES:
+    if satellites is not None and not plausible_satellites(satellites):
         return Rejected("impossible_value", f"satellites {satellites!r}")
     return None
 

@@ -27,14 +27,13 @@ import asyncio
 import datetime as dt
 import logging
 import math
-from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Protocol
 
 import serial_asyncio_fast
 
 from gps.backoff import Backoff
 from gps.nmea import NmeaDecoder
+from gps.outage import Closable, Outage, ReconnectingSource, close_quietly, describe
 from preemption.clock import Clock
 from preemption.model import Fix
 
@@ -42,22 +41,12 @@ __all__ = ["Closable", "Opener", "SerialNmeaSource"]
 
 log = logging.getLogger(__name__)
 
-_CLOSE_TIMEOUT_S = 2.0
-
-
-class Closable(Protocol):
-    """The part of a stream writer the source needs: closing the port."""
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, Closable]]]
 """Opens the line once: a reader of its bytes and a handle that closes it."""
 
 
-class SerialNmeaSource:
+class SerialNmeaSource(ReconnectingSource[NmeaDecoder]):
     """Fixes of one vehicle from an NMEA receiver on a serial device.
 
     ``device`` is a path (``/dev/ttyUSB0``, a ``/dev/serial/by-id/...`` link)
@@ -100,8 +89,6 @@ class SerialNmeaSource:
             raise ValueError(f"baudrate for {device} must be positive, not {baudrate!r}")
         self.device = device
         self.decoder = NmeaDecoder(vehicle, source or device, date_hint=date_hint)
-        self.outages = 0
-        self.reconnects = 0
         self.open_failures = 0
         self.flushes = 0
         self.bytes_read = 0
@@ -109,22 +96,21 @@ class SerialNmeaSource:
         self._clock = clock
         self._baudrate = baudrate
         self._quiet_s = quiet_flush_s
-        self._backoff = backoff or Backoff()
         self._read_size = read_size
         self._opener = opener or self._open_serial
-        self._outage_since: float | None = None
-        self._attempts = 0
-
-    @property
-    def vehicle(self) -> str:
-        return self.decoder.vehicle
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self.decoder.dropped
-
-    def __aiter__(self) -> AsyncGenerator[Fix, None]:
-        return self._fixes()
+        self._outage = Outage(
+            clock,
+            backoff or Backoff(),
+            log,
+            name=f"GPS receiver {device}",
+            who=f"GPS receiver {device} of vehicle {vehicle}",
+            check=(
+                "Check that the receiver is plugged in and powered, that "
+                f"{device} exists (ls -l; USB adapters may come back under another name, use a "
+                "/dev/serial/by-id/ path), that nothing else holds it open, and that this user "
+                "may read it (group dialout)."
+            ),
+        )
 
     async def _open_serial(self) -> tuple[asyncio.StreamReader, Closable]:
         return await serial_asyncio_fast.open_serial_connection(
@@ -132,7 +118,6 @@ class SerialNmeaSource:
         )
 
     async def _fixes(self) -> AsyncGenerator[Fix, None]:
-        delays = self._backoff.delays()
         while True:
             try:
                 reader, port = await self._opener()
@@ -142,8 +127,7 @@ class SerialNmeaSource:
                 # The device boundary: a missing path, a permission, a busy or
                 # half-enumerated USB adapter; all of them mean "not now".
                 self.open_failures += 1
-                self._lost(f"cannot open it ({_describe(exc)})")
-                await self._clock.sleep(next(delays))
+                await self._clock.sleep(self._outage.lost(f"cannot open it ({describe(exc)})"))
                 continue
             self.connected = True
             talking = False  # the outage ends with the first bytes, not with the open
@@ -163,8 +147,7 @@ class SerialNmeaSource:
                             break
                         if not talking:
                             talking = True
-                            self._back()
-                            delays = self._backoff.delays()
+                            self._outage.back()
                         pending = True
                         self.bytes_read += len(data)
                         fixes = self.decoder.feed(data)
@@ -173,63 +156,11 @@ class SerialNmeaSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reason = f"reading failed ({_describe(exc)})"
+                reason = f"reading failed ({describe(exc)})"
             finally:
                 self.connected = False
-                await _close(port, self.device)
+                await close_quietly(port, self.device, log)
             # Whatever the decoder still holds arrived before the outage.
             for fix in self.decoder.flush():
                 yield fix
-            self._lost(reason)
-            await self._clock.sleep(next(delays))
-
-    def _lost(self, reason: str) -> None:
-        """Start or continue an outage; only its start is logged as a warning."""
-        self._attempts += 1
-        if self._outage_since is None:
-            self._outage_since = self._clock.monotonic()
-            self.outages += 1
-            log.warning(
-                "GPS receiver %s of vehicle %s: %s. Fixes stop until it is back; retrying "
-                "with backoff up to %.0f s. Check that the receiver is plugged in and powered, "
-                "that %s exists (ls -l; USB adapters may come back under another name, use a "
-                "/dev/serial/by-id/ path), that nothing else holds it open, and that this user "
-                "may read it (group dialout).",
-                self.device,
-                self.vehicle,
-                reason,
-                self._backoff.max_s,
-                self.device,
-            )
-        else:
-            log.debug("GPS receiver %s still unavailable: %s", self.device, reason)
-
-    def _back(self) -> None:
-        if self._outage_since is not None:
-            self.reconnects += 1
-            log.info(
-                "GPS receiver %s of vehicle %s is back after %.1f s (%d attempts)",
-                self.device,
-                self.vehicle,
-                self._clock.monotonic() - self._outage_since,
-                self._attempts,
-            )
-        self._outage_since = None
-        self._attempts = 0
-
-
-async def _close(port: Closable, device: str) -> None:
-    """Close the port and wait for it, without letting a failing close raise."""
-    try:
-        port.close()
-        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-            await port.wait_closed()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        log.debug("closing %s: %s", device, _describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            await self._clock.sleep(self._outage.lost(reason))

@@ -24,12 +24,28 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import pytest
 
-HOST = "127.0.0.1"
+from .realparts import LOOPBACK, Managed, RealProcess, free_port
+
+__all__ = [
+    "HOST",
+    "MosquittoBroker",
+    "TlsFiles",
+    "eventually",
+    "free_port",
+    "in_time",
+    "make_password_file",
+    "make_tls_files",
+    "require_mosquitto",
+    "require_openssl",
+    "require_passwd",
+    "running_broker",
+]
+
+HOST = LOOPBACK
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
 )
@@ -56,14 +72,6 @@ def require_openssl() -> str:
     if OPENSSL is None:
         pytest.skip("the openssl command is not installed (Debian package openssl): no TLS tests")
     return OPENSSL
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +152,7 @@ def make_password_file(path: Path, users: Mapping[str, str]) -> Path:
     return path
 
 
-class MosquittoBroker:
+class MosquittoBroker(Managed):
     """One mosquitto process on 127.0.0.1 that can be stopped and started on the same ports."""
 
     def __init__(
@@ -165,7 +173,13 @@ class MosquittoBroker:
         self.tls = tls
         self.log_path = workdir / "mosquitto.log"
         self.config_path = workdir / "mosquitto.conf"
-        self._proc: subprocess.Popen[bytes] | None = None
+        # Tests stop and start it from worker threads (asyncio.to_thread): no death signal.
+        self._process = RealProcess(
+            [self.binary, "-c", str(self.config_path)],
+            "mosquitto",
+            self.log_path,
+            die_with_parent=False,
+        )
         lines = [
             # Running as root, mosquitto would switch to the user 'mosquitto', who cannot
             # read this temp dir; as anyone else the option is ignored.
@@ -199,7 +213,7 @@ class MosquittoBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process.alive
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -208,22 +222,13 @@ class MosquittoBroker:
         """Start mosquitto and wait until every listener accepts connections."""
         if self.running:
             return
-        log = self.log_path.open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        finally:
-            log.close()  # the child has its own copy
+        self._process.start()
         deadline = time.monotonic() + timeout
         ports = [p for p in (self.port, self.tls_port) if p is not None]
         while ports:
-            if self._proc.poll() is not None:
+            if not self._process.alive:
                 raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode} at start "
+                    f"mosquitto exited with {self._process.returncode} at start "
                     f"(config {self.config_path}); its log:\n{self.log_text()[-2000:]}"
                 )
             try:
@@ -240,31 +245,11 @@ class MosquittoBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (mosquitto saves its database and exits), SIGKILL if it takes too long."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        self._process.stop(timeout)
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def __enter__(self) -> MosquittoBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

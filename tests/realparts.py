@@ -44,10 +44,12 @@ import pytest
 __all__ = [
     "LOOPBACK",
     "Gpsfake",
+    "Managed",
     "PtyWriter",
     "RealProcess",
     "SocatPty",
     "free_port",
+    "open_fds",
     "require_binary",
     "wait_for",
     "wait_until",
@@ -81,6 +83,19 @@ def free_port() -> int:
         s.bind((LOOPBACK, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def open_fds(path: Path) -> list[str]:
+    """This process's file descriptors open on ``path`` (a link is followed)."""
+    target = os.path.realpath(path)
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                out.append(fd)
+        except OSError:
+            continue
+    return out
 
 
 def wait_until(
@@ -133,12 +148,16 @@ class RealProcess:
         *,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.argv = list(argv)
         self.name = name
         self.log_path = log_path
         self._cwd = cwd
         self._env = env
+        # Off for a process started from worker threads (asyncio.to_thread): the
+        # death signal would follow the thread, not the test run.
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -153,7 +172,8 @@ class RealProcess:
                 cwd=self._cwd,
                 env=self._env,
                 start_new_session=True,  # its own group: stop() reaches its children too
-                preexec_fn=_die_with_parent,  # fork from the main thread: see the docstring
+                # Fork from the main thread: see the docstring.
+                preexec_fn=_die_with_parent if self._die_with_parent else None,
             )
 
     @property
@@ -208,7 +228,35 @@ class RealProcess:
         self._proc = None
 
 
-class SocatPty:
+class Managed:
+    """A part used as a context manager: started on entry, closed on exit.
+
+    ``close`` is ``stop`` unless a part has more to clean up.
+    """
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SocatPty(Managed):
     """A receiver on a cable: two linked ptys, ``device`` for the code, ``feed`` for the test.
 
     ``socat -d -d pty,raw,echo=0,link=DEVICE pty,raw,echo=0,link=FEED``; bytes
@@ -270,18 +318,6 @@ class SocatPty:
             if link.is_symlink():
                 link.unlink()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class PtyWriter:
     """Writes to the feed side of a :class:`SocatPty`, non-blocking, reopening after a replug."""
@@ -324,7 +360,7 @@ class PtyWriter:
             self._fd = None
 
 
-class Gpsfake:
+class Gpsfake(Managed):
     """gpsd on 127.0.0.1:``port``, fed one receiver log by gpsfake (``-1``: once).
 
     Quirks this wraps: gpsfake looks gpsd up on PATH (``/usr/sbin`` added
@@ -406,15 +442,3 @@ class Gpsfake:
                 return True
         except OSError:
             return False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

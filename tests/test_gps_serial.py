@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -23,7 +22,7 @@ from gps.serial import Closable, SerialNmeaSource
 from preemption.clock import RealClock, SimClock
 from preemption.model import Fix
 
-from .realparts import SocatPty, wait_for
+from .realparts import SocatPty, open_fds, wait_for
 
 LOGS = Path(__file__).resolve().parent / "data" / "nmea"
 VEHICLE = "FW-OST-HLF1"
@@ -365,29 +364,17 @@ async def test_an_unplugged_cable_is_survived_and_fixes_keep_coming(
     assert any("is back after" in r.getMessage() for r in caplog.records)
 
 
-def pty_fds(device: Path) -> list[str]:
-    target = os.path.realpath(device)
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == target:
-                out.append(fd)
-        except OSError:
-            continue
-    return out
-
-
 @pytest.mark.integration
 async def test_cancelling_the_reader_closes_the_port(cable: SocatPty) -> None:
     source = SerialNmeaSource(str(cable.device), VEHICLE, RealClock())
     writer = cable.open_writer()
     async with Collector(source) as got:
-        assert pty_fds(cable.device)  # open while it runs
+        assert open_fds(cable.device)  # open while it runs
         assert await writer.write(epoch(0) + epoch(1) + epoch(2))
         await wait_for(lambda: len(got.fixes) >= 2, 10.0, "fixes")
     writer.close()
     assert not source.connected
-    assert pty_fds(cable.device) == []
+    assert open_fds(cable.device) == []
 
 
 @pytest.mark.integration

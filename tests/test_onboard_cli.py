@@ -42,7 +42,7 @@ from preemption.onboard import load_onboard, run
 
 from .broker import HOST, MosquittoBroker, eventually, free_port, in_time
 from .helpers import DATA, ROOT
-from .realparts import SocatPty
+from .realparts import SocatPty, open_fds
 
 ENGINE = "FW-OST-HLF1"
 PREFIX = "preemption/v1/vehicles"
@@ -446,18 +446,6 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def cable(tmp_path: Path) -> Iterator[SocatPty]:
     with SocatPty(tmp_path) as pair:
         yield pair
-
-
-def open_fds(device: Path) -> list[str]:
-    target = os.path.realpath(device)
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == target:
-                out.append(fd)
-        except OSError:
-            continue
-    return out
 
 
 def engine_config(directory: Path, broker: MosquittoBroker, receiver: str, emergency: str) -> Path:
