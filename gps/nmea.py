@@ -45,8 +45,10 @@ Choices worth knowing:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
 from operator import xor
@@ -54,6 +56,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pynmea2
+from pynmea2 import nmea_utils
 
 from gps.validity import (
     MAX_SPEED_MS,
@@ -326,29 +329,29 @@ class NmeaDecoder:
         return self._epoch
 
     def _gga(self, msg: Any) -> None:
-        quality = msg.gps_qual
+        quality = _get(msg, "gps_qual")
         if not isinstance(quality, int) or not 0 <= quality <= 8:
             raise _Drop("parse_error")
-        epoch = self._timed_epoch(_tod(msg.timestamp), "no_fix" if quality == 0 else None)
-        _merge_fix(epoch, msg, FixQuality(quality), msg.horizontal_dil)
+        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), "no_fix" if quality == 0 else None)
+        _merge_fix(epoch, msg, FixQuality(quality), _get(msg, "horizontal_dil"))
 
     def _gns(self, msg: Any) -> None:
-        mode = msg.mode_indicator or ""
+        mode = _get(msg, "mode_indicator") or ""
         if not mode or any(c != "N" and c not in _MODE_QUALITY for c in mode):
             raise _Drop("parse_error")
         fixed = [c for c in mode if c != "N"]
-        epoch = self._timed_epoch(_tod(msg.timestamp), None if fixed else "no_fix")
-        _merge_fix(epoch, msg, _MODE_QUALITY[fixed[0]], msg.hdop)
+        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), None if fixed else "no_fix")
+        _merge_fix(epoch, msg, _MODE_QUALITY[fixed[0]], _get(msg, "hdop"))
 
     def _rmc(self, msg: Any) -> None:
-        mode = msg.mode_indicator or ""
-        veto = "void_status" if msg.status != "A" else "no_fix" if mode == "N" else None
+        mode = _get(msg, "mode_indicator") or ""
+        veto = "void_status" if _get(msg, "status") != "A" else "no_fix" if mode == "N" else None
         quality = _mode_quality(mode)
-        epoch = self._timed_epoch(_tod(msg.timestamp), veto)
+        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), veto)
         lat, lon = _position(msg)
-        speed = _speed(msg.spd_over_grnd, KNOT_MS)
-        course = _course(msg.true_course)
-        day = _day(msg.datestamp)
+        speed = _speed(_get(msg, "spd_over_grnd"), KNOT_MS)
+        course = _course(_get(msg, "true_course"))
+        day = _day(_get(msg, "datestamp"))
         _merge_position(epoch, lat, lon, quality, 2)
         _merge_motion(epoch, speed, course)
         if epoch.day is None:
@@ -356,10 +359,10 @@ class NmeaDecoder:
         epoch.merged += 1
 
     def _gll(self, msg: Any) -> None:
-        mode = msg.faa_mode or ""
-        veto = "void_status" if msg.status != "A" else "no_fix" if mode == "N" else None
+        mode = _get(msg, "faa_mode") or ""
+        veto = "void_status" if _get(msg, "status") != "A" else "no_fix" if mode == "N" else None
         quality = _mode_quality(mode)
-        tod = _tod(msg.timestamp)
+        tod = _tod(_get(msg, "timestamp"))
         # NMEA 2.0 GLL has no time: it joins the open epoch like VTG.
         untimed = tod is None and veto is None
         epoch = self._open_epoch() if untimed else self._timed_epoch(tod, veto)
@@ -368,25 +371,27 @@ class NmeaDecoder:
         epoch.merged += 1
 
     def _vtg(self, msg: Any) -> None:
-        if (msg.faa_mode or "") == "N":
+        if (_get(msg, "faa_mode") or "") == "N":
             raise _Drop("no_fix")
         speed = None
-        if msg.spd_over_grnd_kts_sym == "N":
-            speed = _speed(msg.spd_over_grnd_kts, KNOT_MS)
-        if speed is None and msg.spd_over_grnd_kmph_sym == "K":
-            speed = _speed(msg.spd_over_grnd_kmph, 1.0 / 3.6)
-        course = _course(msg.true_track) if msg.true_track_sym in ("T", "") else None
+        if _get(msg, "spd_over_grnd_kts_sym") == "N":
+            speed = _speed(_get(msg, "spd_over_grnd_kts"), KNOT_MS)
+        if speed is None and _get(msg, "spd_over_grnd_kmph_sym") == "K":
+            speed = _speed(_get(msg, "spd_over_grnd_kmph"), 1.0 / 3.6)
+        course = (
+            _course(_get(msg, "true_track")) if _get(msg, "true_track_sym") in ("T", "") else None
+        )
         epoch = self._open_epoch()
         _merge_motion(epoch, speed, course)
         epoch.merged += 1
 
     def _gsa(self, msg: Any) -> None:
-        fix_type = msg.mode_fix_type
+        fix_type = _get(msg, "mode_fix_type")
         if fix_type == "1":
             raise _Drop("no_fix")
         if fix_type not in ("2", "3"):
             raise _Drop("parse_error")
-        hdop = _hdop(msg.hdop)
+        hdop = _hdop(_get(msg, "hdop"))
         used = sum(1 for sv in msg.data[2:14] if sv)
         epoch = self._open_epoch()
         if epoch.gsa_hdop is None:
@@ -464,7 +469,7 @@ def _merge_fix(epoch: _Epoch, msg: Any, quality: FixQuality, hdop_field: object)
     """Merge a GGA or GNS: position, hdop and satellites (all read before any is merged)."""
     lat, lon = _position(msg)
     hdop = _hdop(hdop_field)
-    satellites = _count(msg.num_sats)
+    satellites = _count(_get(msg, "num_sats"))
     _merge_position(epoch, lat, lon, quality, 3)
     if epoch.hdop is None:
         epoch.hdop = hdop
@@ -486,6 +491,72 @@ def _merge_motion(epoch: _Epoch, speed: float | None, course: float | None) -> N
         epoch.course = course
 
 
+_LATLON = re.compile(r"^(\d+)(\d\d\.\d+)$")
+
+
+_FIELDS: dict[type, dict[str, tuple[int, Callable[[str], Any] | None]]] = {}
+
+
+def _fields(cls: Any) -> dict[str, tuple[int, Callable[[str], Any] | None]]:
+    """Where each named field of a pynmea2 sentence class sits and how it converts."""
+    spec = _FIELDS.get(cls)
+    if spec is None:
+        spec = {}
+        for i, f in enumerate(cls.fields):
+            conv = f[2] if len(f) >= 3 else None
+            spec[f[1]] = (i, _datestamp if conv is nmea_utils.datestamp else conv)
+        _FIELDS[cls] = spec
+    return spec
+
+
+def _get(msg: Any, name: str) -> Any:
+    """A field as pynmea2's attribute access returns it (converted, raw text on a failed
+    conversion, None when empty), without its per-access overhead: the decoder reads
+    a dozen fields of every sentence, and pynmea2's own access was most of its time."""
+    i, conv = _fields(type(msg))[name]
+    data = msg.data
+    v = data[i] if i < len(data) else ""
+    if conv is None:
+        return v
+    if v == "":
+        return None
+    try:
+        return conv(v)
+    except Exception:
+        return v
+
+
+@functools.lru_cache(maxsize=64)
+def _datestamp(s: str) -> dt.date:
+    # strptime is slow and the date repeats in every RMC of a day.
+    date: dt.date = nmea_utils.datestamp(s)
+    return date
+
+
+def _degrees(dm: str) -> float:
+    """pynmea2's dm_to_sd: ddmm.mmmm to degrees; raises ValueError like it."""
+    if not dm or dm == "0":
+        return 0.0
+    r = _LATLON.match(dm)
+    if not r:
+        raise ValueError(f"Geographic coordinate value '{dm}' is not valid DDDMM.MMM")
+    d, m = r.groups()
+    return float(d) + float(m) / 60
+
+
+def _latitude(msg: Any) -> float:
+    """pynmea2's LatLonFix.latitude."""
+    sd = _degrees(_get(msg, "lat"))
+    direction = _get(msg, "lat_dir")
+    return sd if direction == "N" else -sd if direction == "S" else 0.0
+
+
+def _longitude(msg: Any) -> float:
+    sd = _degrees(_get(msg, "lon"))
+    direction = _get(msg, "lon_dir")
+    return sd if direction == "E" else -sd if direction == "W" else 0.0
+
+
 def _tod(value: object) -> float | None:
     """pynmea2's timestamp as seconds since midnight; it hands back the raw text on failure."""
     if value is None:
@@ -504,12 +575,12 @@ def _day(value: object) -> int | None:
 
 
 def _position(msg: Any) -> tuple[float, float]:
-    lat_s, lon_s = msg.lat, msg.lon
+    lat_s, lon_s = _get(msg, "lat"), _get(msg, "lon")
     if not lat_s or not lon_s:
         raise _Drop("no_position")
-    if msg.lat_dir not in ("N", "S") or msg.lon_dir not in ("E", "W"):
+    if _get(msg, "lat_dir") not in ("N", "S") or _get(msg, "lon_dir") not in ("E", "W"):
         raise _Drop("parse_error")
-    lat, lon = float(msg.latitude), float(msg.longitude)
+    lat, lon = _latitude(msg), _longitude(msg)
     # ddmm.mmmm: pynmea2 accepts minutes >= 60 and degrees beyond the range.
     if float(lat_s) % 100.0 >= 60.0 or float(lon_s) % 100.0 >= 60.0:
         raise _Drop("impossible_coordinates")
