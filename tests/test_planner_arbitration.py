@@ -26,7 +26,7 @@ from preemption.model import (
     SignalPoint,
     SignalState,
 )
-from preemption.planner import Alarm, ClaimState, Planner
+from preemption.planner import DUE, Alarm, ClaimState, Planner
 
 EW = Route(
     "EW",
@@ -326,7 +326,10 @@ class PlannerMachine(RuleBasedStateMachine):
 
     @rule(vehicle=st.sampled_from(list(FLEET)))
     def leaves_route(self, vehicle: str) -> None:
+        joined = self.p._vehicles.get(vehicle) is not None and self.p._vehicles[vehicle].joined
         self._apply(self.p.on_position(position(vehicle, EW, 0.0, 5.0, 0.0, on_route=False)))
+        if joined:  # left the route it was on: everything of it is taken back at once
+            assert not any(self.p.claim_state(vehicle, x) for x in ("X1", "X2"))
 
     @rule(dt=st.floats(min_value=0.1, max_value=25.0))
     def time_passes(self, dt: float) -> None:
@@ -371,6 +374,17 @@ class PlannerMachine(RuleBasedStateMachine):
             if rid not in self.closed:
                 # Ticks come at most 25 s apart in this machine.
                 assert now - t0 <= CFG.max_hold_s + 25.0
+
+    @invariant()
+    def silent_vehicles_hold_nothing_for_long(self) -> None:
+        # Dead-man: a vehicle unheard for longer than dead_man_s (plus one tick gap of
+        # this machine) has no due claim left.
+        now = self.street.clock.monotonic()
+        for v in self.p._vehicles.values():
+            heard = [x for x in (v.last_fix, v.departs, v.due_since) if x is not None]
+            due = [c for c in v.claims.values() if c.state in DUE]
+            if due and heard:
+                assert now - max(heard) <= CFG.dead_man_s + 25.0
 
     @invariant()
     def the_planner_and_the_command_stream_agree(self) -> None:
