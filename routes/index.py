@@ -111,9 +111,12 @@ class RouteGeometry:
         i0 = max(0, min(n - 1, bisect_right(cum, s - radius) - 1))
         i1 = max(i0, min(n - 1, bisect_right(cum, s + radius) - 1))
         c = math.radians(course)
+        cx, cy = math.sin(c), math.cos(c)
+        ux, uy = self.ux, self.uy
+        # cos(course - heading) is the dot product of the two unit vectors.
         best = -1.0
         for i in range(i0, i1 + 1):
-            v = math.cos(c - math.radians(self.heading[i]))
+            v = cx * ux[i] + cy * uy[i]
             if v > best:
                 best = v
         return best
@@ -121,6 +124,16 @@ class RouteGeometry:
     def heading_at(self, s: float) -> float:
         i = max(0, min(len(self.seglen) - 1, bisect_right(self.cum, s) - 1))
         return self.heading[i]
+
+
+def _common_prefix(a: RouteGeometry, b: RouteGeometry) -> float:
+    """How far from their start two routes have the very same vertices."""
+    last = 0.0
+    for i in range(min(len(a.xs), len(b.xs))):
+        if a.xs[i] != b.xs[i] or a.ys[i] != b.ys[i] or a.cum[i] != b.cum[i]:
+            break
+        last = a.cum[i]
+    return last
 
 
 class RouteIndex:
@@ -141,8 +154,29 @@ class RouteIndex:
             mr.id: SpeedProfile(mr, self.profile, (overrides or {}).get(mr.id, ())) for mr in routes
         }
         self.signals: dict[str, tuple[SignalPoint, ...]] = {mr.id: mr.signals for mr in routes}
+        # For each route, the other routes with the same vertices from the start, and
+        # how far: (other, until), by id, itself last with an infinite reach.
+        self._twins: dict[str, list[tuple[str, float]]] = {}
+        for a in sorted(self.geometry):
+            pairs = []
+            for b in sorted(self.geometry):
+                if b < a:
+                    until = _common_prefix(self.geometry[a], self.geometry[b])
+                    if until > 0.0:
+                        pairs.append((b, until))
+            self._twins[a] = [*pairs, (a, math.inf)]
         self._ids = list(routes.routes)
         self._tree = STRtree([mr.line for mr in routes])
+
+    def twin(self, route: str, hi: float) -> str:
+        """The first (by id) route drawn with the very same vertices as ``route`` from
+        the station up to ``hi``: hypotheses there evolve identically, so the matcher
+        evaluates them once. Routes of one station share their trunk vertex for vertex
+        when they come from one drawing or one road network."""
+        for other, until in self._twins[route]:
+            if until > hi:
+                return other
+        return route
 
     def near(self, x: float, y: float, distance: float) -> list[str]:
         """Ids of the routes passing within ``distance`` of (x, y)."""

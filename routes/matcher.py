@@ -312,6 +312,7 @@ class RouteMatcher:
         inlier_log_prior = math.log(1.0 - cfg.outlier_prob)
         results = []
         best_inlier = -math.inf
+        memo: dict[tuple[object, ...], tuple[float, tuple[float, ...], Projection]] = {}
         for rid, h in self._hyps.items():
             g = self.index.geometry[rid]
             along = travel
@@ -322,28 +323,28 @@ class RouteMatcher:
                 if g.heading_agreement(fix.course or 0.0, h.s, reach) < -0.3:
                     along = 0.0
             h.predict(along, q_s, phi, q_b)
-            sd = math.sqrt(max(h.pss, 1e-6))
-            reach = cfg.corner_sigmas * sd + 5.0
-            if g.turn_between(h.s - reach, h.s + reach) > cfg.corner_turn_deg:
-                # A corner within the along-track uncertainty: one linearisation would
-                # put the engine on one side of it. Weigh positions across it instead.
-                ll, s_best = _corner_likelihood(h, g, x, y, r, cfg.corner_sigmas)
-                step = cfg.corner_sigmas * sd / 4.0 + 1.0
-                proj = g.project_near(x - h.bx, y - h.by, s_best - step, s_best + step)
-                gate = h.gate(proj, r)
-            else:
-                window = 4.0 * math.sqrt(h.pss + h.pxx + h.pyy + r) + 10.0
-                # Project the fix with the estimated receiver error taken out.
-                proj = g.project_near(x - h.bx, y - h.by, h.s - window, h.s + window)
-                gate = h.gate(proj, r)
-                e1, e2, s11, s12, s22 = gate[:5]
-                det = s11 * s22 - s12 * s12
-                maha = (s22 * e1 * e1 - 2 * s12 * e1 * e2 + s11 * e2 * e2) / det
-                ll = -0.5 * maha - _LOG_2PI - 0.5 * math.log(det)
-            if course_ok:
-                agree = g.heading_agreement(fix.course or 0.0, proj.s, cfg.corner_m)
-                # Capped: a drawn route's heading is not a surveyed one.
-                ll += max(cfg.heading_kappa * (agree - 1.0), -cfg.heading_cap)
+            # Routes on a shared stretch drawn with the very same vertices evolve
+            # identically until the fork: evaluate such a state once for all of them.
+            sd = math.sqrt(max(h.pss, 0.0))
+            reach = max(
+                4.0 * math.sqrt(h.pss + h.pxx + h.pyy + r) + 10.0,
+                cfg.corner_sigmas * sd + 5.0 + cfg.corner_m,
+            )
+            twin = self.index.twin(rid, h.s + reach)
+            key = None
+            if twin != rid or len(self._hyps) > 1:
+                key = (twin, h.s, h.bx, h.by, h.pss, h.psx, h.psy, h.pxx, h.pxy, h.pyy)
+                hit = memo.get(key)
+                if hit is not None:
+                    ll, gate, proj = hit
+                    h.proj = proj
+                    h.innovation = gate[1]
+                    results.append((rid, h, ll, gate))
+                    best_inlier = max(best_inlier, ll + inlier_log_prior)
+                    continue
+            ll, gate, proj = self._evaluate(h, g, fix, x, y, r, course_ok)
+            if key is not None:
+                memo[key] = (ll, gate, proj)
             h.proj = proj
             h.innovation = gate[1]
             results.append((rid, h, ll, gate))
@@ -376,6 +377,43 @@ class RouteMatcher:
             self._resync(fix, x, y, course_ok)
         self._judge(fix, course_ok, outlier)
 
+    def _evaluate(
+        self,
+        h: _Hypothesis,
+        g: RouteGeometry,
+        fix: Fix,
+        x: float,
+        y: float,
+        r: float,
+        course_ok: bool,
+    ) -> tuple[float, tuple[float, ...], Projection]:
+        """Log-likelihood of the fix under one predicted hypothesis, the Kalman gate
+        quantities for its update, and the projection they refer to."""
+        cfg = self.config
+        sd = math.sqrt(max(h.pss, 1e-6))
+        reach = cfg.corner_sigmas * sd + 5.0
+        if g.turn_between(h.s - reach, h.s + reach) > cfg.corner_turn_deg:
+            # A corner within the along-track uncertainty: one linearisation would
+            # put the engine on one side of it. Weigh positions across it instead.
+            ll, s_best = _corner_likelihood(h, g, x, y, r, cfg.corner_sigmas)
+            step = cfg.corner_sigmas * sd / 4.0 + 1.0
+            proj = g.project_near(x - h.bx, y - h.by, s_best - step, s_best + step)
+            gate = h.gate(proj, r)
+        else:
+            window = 4.0 * math.sqrt(h.pss + h.pxx + h.pyy + r) + 10.0
+            # Project the fix with the estimated receiver error taken out.
+            proj = g.project_near(x - h.bx, y - h.by, h.s - window, h.s + window)
+            gate = h.gate(proj, r)
+            e1, e2, s11, s12, s22 = gate[:5]
+            det = s11 * s22 - s12 * s12
+            maha = (s22 * e1 * e1 - 2 * s12 * e1 * e2 + s11 * e2 * e2) / det
+            ll = -0.5 * maha - _LOG_2PI - 0.5 * math.log(det)
+        if course_ok:
+            agree = g.heading_agreement(fix.course or 0.0, proj.s, cfg.corner_m)
+            # Capped: a drawn route's heading is not a surveyed one.
+            ll += max(cfg.heading_kappa * (agree - 1.0), -cfg.heading_cap)
+        return ll, gate, proj
+
     def _resync(self, fix: Fix, x: float, y: float, course_ok: bool) -> None:
         """Every fix an outlier for a while: the track is off, not the fixes. Start the
         filters afresh from this fix, keeping what the weights have learned."""
@@ -404,17 +442,21 @@ class RouteMatcher:
         probs = self.probabilities()
         course = fix.course or 0.0
         reversing_w = drifting_w = 0.0
+        seen: dict[tuple[str, float, float], tuple[float, float]] = {}
         for r, h in self._hyps.items():
             g = self.index.geometry[r]
             if course_ok:
-                near = _angle_of(g.heading_agreement(course, h.s, cfg.corner_m))
+                wide_r = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
+                key = (self.index.twin(r, h.s + wide_r), h.s, wide_r)
+                angles = seen.get(key)
+                if angles is None:
+                    angles = seen[key] = (
+                        _angle_of(g.heading_agreement(course, h.s, cfg.corner_m)),
+                        _angle_of(g.heading_agreement(course, h.s, wide_r)),
+                    )
+                near, wide = angles
                 if near >= cfg.uturn_heading_deg:
                     reversing_w += probs[r]
-                wide = _angle_of(
-                    g.heading_agreement(
-                        course, h.s, cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
-                    )
-                )
                 if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
                     drifting_w += probs[r]
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
