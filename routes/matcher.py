@@ -84,6 +84,7 @@ class MatcherConfig:
     uturn_heading_deg: float = 120.0
     verdict_weight: float = 0.75  # share of the probability that must see a U-turn / leaving
     uturn_flip_deg: float = 150.0  # course against the last route-following course
+    along_heading_deg: float = 30.0  # a course this close to the route follows it
     uturn_fixes: int = 2
     dead_reckoning_s: float = 30.0
     corner_turn_deg: float = 20.0  # a turn this sharp within reach is handled as a corner
@@ -441,7 +442,7 @@ class RouteMatcher:
         cfg = self.config
         probs = self.probabilities()
         course = fix.course or 0.0
-        reversing_w = drifting_w = 0.0
+        reversing_w = drifting_w = along_w = flipped_w = 0.0
         seen: dict[tuple[str, float, float], tuple[float, float]] = {}
         for r, h in self._hyps.items():
             g = self.index.geometry[r]
@@ -457,6 +458,12 @@ class RouteMatcher:
                 near, wide = angles
                 if near >= cfg.uturn_heading_deg:
                     reversing_w += probs[r]
+                if near <= cfg.along_heading_deg:
+                    along_w += probs[r]
+                # Against the segment under the fix itself: a U-turn just behind a corner
+                # the filter has already rounded.
+                if h.proj is not None and _angle(course, h.proj.heading) >= cfg.uturn_flip_deg:
+                    flipped_w += probs[r]
                 if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
                     drifting_w += probs[r]
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
@@ -464,14 +471,19 @@ class RouteMatcher:
                 drifting_w += probs[r]
         # The vehicle's own course flipping against the last course it drove along the
         # route: a U-turn whatever a stray hypothesis past a fork may say.
+        # (Near a corner some segment is always within 120 degrees of any course, so
+        # the flip is what shows a U-turn there; it needs the route not to run that
+        # way here for most of the probability.)
         flipped = (
             course_ok
             and self._aligned_course is not None
             and _angle(course, self._aligned_course) >= cfg.uturn_flip_deg
-            and reversing_w >= 0.5
+            and along_w < 1.0 - cfg.verdict_weight
         )
-        reversing = course_ok and (reversing_w >= cfg.verdict_weight or flipped)
-        if course_ok and reversing_w == 0.0 and drifting_w == 0.0:
+        reversing = course_ok and (
+            reversing_w >= cfg.verdict_weight or flipped or flipped_w >= cfg.verdict_weight
+        )
+        if course_ok and along_w >= cfg.verdict_weight:
             self._aligned_course = course
         drifting = drifting_w >= cfg.verdict_weight
         self._reversing = self._reversing + 1 if reversing else 0
