@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from preemption.clock import Clock
+from preemption.clock import Clock, every
 from preemption.model import Command, CommandKind, Fix, RoutePosition, SignalState
 from preemption.planner import Alarm, Planner
 from routes.matcher import RouteMatcher
@@ -148,11 +148,13 @@ class Daemon:
             self.submit(self.on_fix(fix))
 
     async def _ticker(self) -> None:
-        while True:
-            await self.clock.sleep(self.tick_s)
-            self.submit(self.planner.tick())
-            for controller, intersection in sorted(self._polled):
-                await self._poll(controller, intersection)
+        await self.clock.sleep(self.tick_s)
+        await every(self.clock, self.tick_s, self._tick)
+
+    async def _tick(self) -> None:
+        self.submit(self.planner.tick())
+        for controller, intersection in sorted(self._polled):
+            await self._poll(controller, intersection)
 
     async def _poll(self, controller: str, intersection: str) -> None:
         try:
