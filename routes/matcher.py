@@ -75,6 +75,7 @@ class MatcherConfig:
     acquire_heading_deg: float = 60.0  # and only when the course agrees this well
     commit_probability: float = 0.95
     fork_sigmas: float = 2.0  # commit only this many sigma of s past the fork
+    commit_fixes: int = 2  # fixes in a row the route must be ready to commit
     keep_probability: float = 0.3  # a committed route stays committed above this
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
@@ -201,6 +202,7 @@ class RouteMatcher:
         self._reversing = 0
         self._outliers = 0  # consecutive fixes nothing explained
         self._aligned_course: float | None = None  # last course that followed the route
+        self._leader: tuple[str, int] = ("", 0)  # route ready to commit, fixes in a row
         self._last: RoutePosition | None = None
 
     # -- inputs from outside --------------------------------------------------
@@ -525,11 +527,15 @@ class RouteMatcher:
         probs = self.probabilities()
         best = max(probs, key=probs.__getitem__)
         if self._committed not in probs or probs[self._committed] < cfg.keep_probability:
-            self._committed = (
-                best
-                if probs[best] >= cfg.commit_probability and self._past_fork(best, probs)
-                else None
+            ready = probs[best] >= cfg.commit_probability and self._past_fork(best, probs)
+            # The same route on top for commit_fixes fixes in a row: one or two fixes
+            # that the along-track error places past a junction do not commit.
+            self._leader = (
+                (best, self._leader[1] + 1)
+                if ready and self._leader[0] == best
+                else ((best, 1) if ready else ("", 0))
             )
+            self._committed = best if self._leader[1] >= cfg.commit_fixes else None
         route = self._committed or best
         h = self._hyps[route]
         compatible = {r for r, p in probs.items() if p >= 1e-3}

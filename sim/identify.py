@@ -81,6 +81,8 @@ class Results:
     pos_err: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
     eta30: list[float] = field(default_factory=list)
     uturn_fixes: list[int] = field(default_factory=list)
+    route_commit: list[float] = field(default_factory=list)  # committed to the route, after
+    # the last fork's 10 m point (the planner may then ask for the route's own signals)
 
     def summary(self) -> dict[str, object]:
         dists = [d for _, d in self.commits]
@@ -115,6 +117,10 @@ class Results:
             e = np.abs(np.asarray(self.eta30))
             out["eta30_median_abs_s"] = round(float(np.median(e)), 2)
             out["eta30_p90_abs_s"] = round(float(np.percentile(e, 90)), 2)
+        if self.route_commit:
+            rc = np.asarray(self.route_commit)
+            out["route_commit_median_m"] = round(float(np.median(rc)), 1)
+            out["route_commit_p95_m"] = round(float(np.percentile(rc, 95)), 1)
         if self.uturn_fixes:
             out["uturn_detect_fixes_max"] = max(self.uturn_fixes)
             out["uturn_runs"] = len(self.uturn_fixes)
@@ -158,6 +164,7 @@ def run_identify(
     arrivals = {sig.intersection: _arrival(truth, sig.stop_line_m) for sig in mr.signals}
     eta_done: set[str] = set()
     acquired = false_off = False
+    committed_at: float | None = None
     for tp in truth:
         p = mr.at(tp.s)
         obs = model.observe(tp.t, p.x, p.y, tp.v, p.heading_deg)
@@ -166,6 +173,8 @@ def run_identify(
         pos = matcher.update(to_fix(obs, station.routes.projector, "engine", time_offset_s=T0))
         if pos.committed is not None and pos.committed != route:
             wrong = True
+        if committed_at is None and pos.committed == route:
+            committed_at = tp.s
         acquired = acquired or pos.on_route
         false_off = false_off or (acquired and not pos.on_route)
         for bp in branch_points:
@@ -197,6 +206,8 @@ def run_identify(
             results.commits.append((bp.angle_class.value, d))
     results.runs += 1
     results.false_off_runs += false_off
+    if branch_points and committed_at is not None:
+        results.route_commit.append(committed_at - branch_points[-1].s_apart_m)
     if wrong:
         results.wrong += 1
 
