@@ -71,7 +71,6 @@ class ClaimState(StrEnum):
     REJECTED = "rejected"
 
 
-LIVE = frozenset({ClaimState.ARMED, ClaimState.QUEUED, ClaimState.REQUESTED, ClaimState.GRANTED})
 DUE = frozenset({ClaimState.QUEUED, ClaimState.REQUESTED, ClaimState.GRANTED})
 FINAL_FOR_RUN = frozenset({ClaimState.COMPLETED, ClaimState.TIMED_OUT, ClaimState.REJECTED})
 

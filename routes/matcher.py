@@ -46,6 +46,7 @@ from enum import StrEnum
 
 from preemption.model import Fix, RoutePosition, SignalEta
 from routes.geojson import RouteSet
+from routes.geometry import heading_difference
 from routes.index import Projection, RouteGeometry, RouteIndex
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -292,7 +293,10 @@ class RouteMatcher:
         proj = self.index.locate(route, x, y)
         if abs(proj.offset) > cfg.acquire_m:
             return None
-        if course_ok and _angle(fix.course or 0.0, proj.heading) > cfg.acquire_heading_deg:
+        if (
+            course_ok
+            and heading_difference(fix.course or 0.0, proj.heading) > cfg.acquire_heading_deg
+        ):
             return None  # crossing the route, or driving it the wrong way
         var = cfg.sigma_m**2
         h = _Hypothesis(s=proj.s, logw=logw, pss=4 * var, pxx=var, pyy=var, s_out=proj.s)
@@ -364,7 +368,11 @@ class RouteMatcher:
                 assert h.proj is not None
                 # Heading away from the route, the offset is the driver's doing, not the
                 # receiver's: learn nothing from it.
-                if course_ok and _angle(fix.course or 0.0, h.proj.heading) > cfg.leave_heading_deg:
+                if (
+                    course_ok
+                    and heading_difference(fix.course or 0.0, h.proj.heading)
+                    > cfg.leave_heading_deg
+                ):
                     continue
                 e1, e2, s11, s12, s22, a0, a1, a2, c0, c1, c2 = gate
                 h.correct(e1, e2, s11, s12, s22, (a0, a1, a2), (c0, c1, c2))
@@ -464,7 +472,10 @@ class RouteMatcher:
                     along_w += probs[r]
                 # Against the segment under the fix itself: a U-turn just behind a corner
                 # the filter has already rounded.
-                if h.proj is not None and _angle(course, h.proj.heading) >= cfg.uturn_flip_deg:
+                if (
+                    h.proj is not None
+                    and heading_difference(course, h.proj.heading) >= cfg.uturn_flip_deg
+                ):
                     flipped_w += probs[r]
                 if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
                     drifting_w += probs[r]
@@ -479,7 +490,7 @@ class RouteMatcher:
         flipped = (
             course_ok
             and self._aligned_course is not None
-            and _angle(course, self._aligned_course) >= cfg.uturn_flip_deg
+            and heading_difference(course, self._aligned_course) >= cfg.uturn_flip_deg
             and along_w < 1.0 - cfg.verdict_weight
         )
         reversing = course_ok and (
@@ -639,11 +650,6 @@ def _corner_likelihood(
 
 def _angle_of(cosine: float) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
-
-
-def _angle(a: float, b: float) -> float:
-    d = (a - b) % 360.0
-    return d if d <= 180.0 else 360.0 - d
 
 
 def _logaddexp(a: float, b: float) -> float:
