@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="one JSON object per fix")
     m.set_defaults(func=_match)
 
+    r = sub.add_parser("run", help="the daemon on the real clock, from a deployment file")
+    r.add_argument("--config", type=Path, required=True, help="deployment TOML")
+    r.add_argument(
+        "--emergency",
+        action="append",
+        default=[],
+        metavar="VEHICLE",
+        help="treat VEHICLE as on an emergency run from the start (replays, shadow tests)",
+    )
+    r.set_defaults(func=_run)
+
     b = sub.add_parser("bench", help="benchmarks, machine-readable with --json")
     b.add_argument("name", choices=["all", *BENCH_NAMES])
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -261,6 +272,42 @@ def _onboard(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service: its log says what it does
     return onboard_main(args.config, check=args.check)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from preemption.clock import RealClock
+    from preemption.run import build, sources
+    from signal_adapters import registry
+    from signal_adapters.base import AdapterError
+
+    dep = load_config(args.config, adapters=set(registry.installed()))
+    clock = RealClock()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            daemon = build(dep, clock)
+        except AdapterError as exc:
+            print(f"error: {args.config}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        for vehicle in args.emergency:
+            if vehicle not in daemon.planner_vehicles:
+                print(f"error: --emergency {vehicle}: not in [[vehicles]]", file=sys.stderr)
+                return EXIT_CONFIG
+            daemon.set_emergency(vehicle, True, "dispatch")
+        logging.getLogger("preemption").info("running %s", dep.deployment.name)
+        await daemon.run(sources(dep, daemon, clock), stop)
+        counters = dict(sorted(daemon.counters.items()))
+        print(json.dumps({"stopped": True, "counters": counters}))
+        return EXIT_OK
+
+    return asyncio.run(main())
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -96,7 +96,41 @@ class NmeaFileSource(_Strict):
     rate: float | None = Field(default=1.0, gt=0, description="x real time; omit for fastest")
 
 
-GpsSource = Annotated[NmeaFileSource, Field(discriminator="kind")]
+class SerialSource(_Strict):
+    """A receiver on a serial line of the centre's own machine (a test vehicle, a bench)."""
+
+    kind: Literal["serial"]
+    vehicle: Id
+    device: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+
+
+class GpsdSource(_Strict):
+    kind: Literal["gpsd"]
+    vehicle: Id
+    host: str = "127.0.0.1"
+    port: int = Field(default=2947, gt=0, lt=65536)
+    device: str | None = None
+
+
+class MqttFleetSource(_Strict):
+    """The fleet's positions and emergency status from the central broker."""
+
+    kind: Literal["mqtt"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=8883, gt=0, lt=65536)
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = True
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    topic_prefix: str = "preemption/v1/vehicles"
+
+
+GpsSource = Annotated[
+    NmeaFileSource | SerialSource | GpsdSource | MqttFleetSource, Field(discriminator="kind")
+]
 
 
 class Deployment(_Strict):
@@ -140,7 +174,7 @@ def cross_check(dep: Deployment) -> list[tuple[str, str]]:
             )
     known = {v.id for v in dep.vehicles}
     for i, g in enumerate(dep.gps):
-        if g.vehicle not in known:
+        if not isinstance(g, MqttFleetSource) and g.vehicle not in known:
             problems.append(
                 (f"gps[{i}].vehicle", f"{g.vehicle!r} is not in [[vehicles]] (the allow-list)")
             )
@@ -194,7 +228,20 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-_SOURCE_KINDS = {"nmea-file"}
+_SOURCE_KINDS = {"nmea-file", "serial", "gpsd", "mqtt"}
+
+
+def _resolve_paths(source: GpsSourceConfig, base: Path) -> GpsSourceConfig:
+    """Relative file paths in a source are relative to the deployment file."""
+    update = {
+        name: base / value
+        for name in ("path", "password_file", "tls_ca", "tls_cert", "tls_key")
+        if isinstance(value := getattr(source, name, None), Path)
+    }
+    return source.model_copy(update=update) if update else source
+
+
+GpsSourceConfig = NmeaFileSource | SerialSource | GpsdSource | MqttFleetSource
 
 
 def load_config(path: Path | str, adapters: Collection[str] | None = None) -> Deployment:
@@ -213,5 +260,5 @@ def load_config(path: Path | str, adapters: Collection[str] | None = None) -> De
         raise ConfigError(path, problems)
     base = path.parent
     routes = RoutesConfig(files=[base / f for f in dep.routes.files])
-    gps = [g.model_copy(update={"path": base / g.path}) for g in dep.gps]
+    gps = [_resolve_paths(g, base) for g in dep.gps]
     return dep.model_copy(update={"routes": routes, "gps": gps})
