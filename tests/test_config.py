@@ -107,3 +107,19 @@ def test_check_config_cli_ok_end_to_end() -> None:
     assert out.returncode == 0, out.stderr
     assert "2 routes, 7 signalised intersections" in out.stdout
     assert "EPSG:25832" in out.stdout
+
+
+def test_gps_sources_of_every_kind_validate_and_name_their_keys(tmp_path: Path) -> None:
+    ok = GOOD + (
+        '\n[[gps]]\nkind = "serial"\nvehicle = "FW-OST-HLF1"\ndevice = "/dev/ttyUSB0"\n'
+        '\n[[gps]]\nkind = "gpsd"\nvehicle = "FW-OST-HLF1"\n'
+        '\n[[gps]]\nkind = "mqtt"\nhost = "broker.example"\ntls_ca = "ca.pem"\n'
+    )
+    dep = load_config(_write(tmp_path, ok), adapters=set(registry.installed()))
+    assert [g.kind for g in dep.gps] == ["serial", "gpsd", "mqtt"]
+    assert dep.gps[2].tls_ca == tmp_path / "ca.pem"  # type: ignore[union-attr]
+    bad = GOOD + '\n[[gps]]\nkind = "serial"\nvehicle = "FW-OST-HLF1"\nbaud = 4800\n'
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, bad), adapters=set(registry.installed()))
+    keys = {loc for loc, _ in err.value.problems}
+    assert {"gps[0].device", "gps[0].baud"} <= keys
