@@ -301,8 +301,13 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"error: --emergency {vehicle}: not in [[vehicles]]", file=sys.stderr)
                 return EXIT_CONFIG
             daemon.set_emergency(vehicle, True, "dispatch")
+        try:
+            inputs = sources(dep, daemon, clock)
+        except (ValueError, OSError) as exc:  # bad broker settings, unreadable files
+            print(f"error: {args.config}: [[gps]]: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         logging.getLogger("preemption").info("running %s", dep.deployment.name)
-        await daemon.run(sources(dep, daemon, clock), stop)
+        await daemon.run(inputs, stop)
         counters = dict(sorted(daemon.counters.items()))
         print(json.dumps({"stopped": True, "counters": counters}))
         return EXIT_OK

@@ -116,6 +116,22 @@ def test_run_refuses_an_unknown_emergency_vehicle(tmp_path: Path) -> None:
     assert "NOPE" in out.stderr
 
 
+def test_run_reports_an_unreadable_broker_password_file(tmp_path: Path) -> None:
+    gps = '[[gps]]\nkind = "mqtt"\nhost = "127.0.0.1"\npassword_file = "missing.txt"\n'
+    cfg = deployment(tmp_path, gps)
+    exe = Path(sys.executable).parent / "preemption"
+    out = subprocess.run(
+        [str(exe), "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "missing.txt" in out.stderr
+    assert "[[gps]]" in out.stderr
+
+
 @pytest.mark.integration
 def test_fleet_feed_status_and_positions_drive_the_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
