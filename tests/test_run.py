@@ -102,7 +102,10 @@ def test_shadow_run_replays_a_log_and_writes_every_request_and_cancel(
     assert json.loads(out.stdout.splitlines()[-1])["counters"]["request_sent"] == 5
 
 
-def test_run_refuses_an_unknown_emergency_vehicle(tmp_path: Path) -> None:
+def test_run_refuses_an_unknown_emergency_vehicle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the log adapters open their file before the check
     cfg = deployment(tmp_path, "")
     exe = Path(sys.executable).parent / "preemption"
     out = subprocess.run(
@@ -116,7 +119,10 @@ def test_run_refuses_an_unknown_emergency_vehicle(tmp_path: Path) -> None:
     assert "NOPE" in out.stderr
 
 
-def test_run_reports_an_unreadable_broker_password_file(tmp_path: Path) -> None:
+def test_run_reports_an_unreadable_broker_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     gps = '[[gps]]\nkind = "mqtt"\nhost = "127.0.0.1"\npassword_file = "missing.txt"\n'
     cfg = deployment(tmp_path, gps)
     exe = Path(sys.executable).parent / "preemption"
