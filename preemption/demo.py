@@ -17,15 +17,11 @@ from typing import Any
 
 from gps.nmea import NmeaDecoder
 from preemption.clock import SimClock
-from preemption.config import Deployment
 from preemption.daemon import Daemon
 from preemption.model import CommandKind, Fix
-from preemption.planner import Planner
-from routes.geojson import RouteSet, load_routes
-from routes.index import RouteIndex
-from routes.matcher import RouteMatcher
+from preemption.run import build
+from routes.geojson import load_routes
 from signal_adapters import registry
-from signal_adapters.base import AdapterContext, SignalAdapter
 from sim.controller import green_interval_at
 from sim.scenario import Scenario, load_scenario
 from sim.world import Corridor
@@ -108,33 +104,10 @@ def run_demo(path: Path = BUNDLED_SCENARIO) -> DemoReport:
     baseline.run_to_end()
     clock = SimClock(start_utc=scen.start_epoch)
     corridor = Corridor(scen, routes, engine)
-    daemon = build_daemon(dep, routes, clock, {"simlink": corridor.controllers})
+    daemon = build(dep, clock, {"simlink": corridor.controllers}, routes)
     daemon.planner.set_emergency(engine.vehicle, True)  # blue lights on from the start
     clock.run(_run(scen, corridor, daemon, clock))
     return _report(scen, baseline, corridor, daemon)
-
-
-def build_daemon(
-    dep: Deployment, routes: RouteSet, clock: SimClock, resources: dict[str, Any]
-) -> Daemon:
-    ctx = AdapterContext(clock=clock, resources=resources)
-    adapters: dict[str, SignalAdapter] = {
-        c.id: registry.load(c.adapter)(c.id, c.options, ctx) for c in dep.controllers
-    }
-    planner = Planner(
-        [mr.route for mr in routes],
-        dep.planner,
-        clock,
-        {v.id: v.priority for v in dep.vehicles},
-        dep.priorities,
-    )
-    index = RouteIndex(routes)  # built once, shared by every vehicle's matcher
-    return Daemon(
-        clock=clock,
-        planner=planner,
-        matcher_for=lambda vehicle: RouteMatcher(vehicle, index),
-        adapters=adapters,
-    )
 
 
 async def _run(scen: Scenario, corridor: Corridor, daemon: Daemon, clock: SimClock) -> None:

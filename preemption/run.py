@@ -29,7 +29,7 @@ from preemption.config import (
 from preemption.daemon import Daemon
 from preemption.model import Fix
 from preemption.planner import Planner
-from routes.geojson import load_routes
+from routes.geojson import RouteSet, load_routes
 from routes.index import RouteIndex
 from routes.matcher import RouteMatcher
 from signal_adapters import registry
@@ -43,10 +43,20 @@ _STATUS_SOURCE = {
 }
 
 
-def build(dep: Deployment, clock: Clock, resources: dict[str, Any] | None = None) -> Daemon:
-    """Routes, matcher index, planner and adapters of a deployment, as one daemon."""
-    routes = load_routes(dep.routes.files, epsg=dep.deployment.epsg)
-    index = RouteIndex(routes)
+def build(
+    dep: Deployment,
+    clock: Clock,
+    resources: dict[str, Any] | None = None,
+    routes: RouteSet | None = None,
+) -> Daemon:
+    """Routes, matcher index, planner and adapters of a deployment, as one daemon.
+
+    ``resources`` go to the adapters (the simulator's controllers for "simlink");
+    ``routes`` saves loading the route files again when the caller has them.
+    """
+    if routes is None:
+        routes = load_routes(dep.routes.files, epsg=dep.deployment.epsg)
+    index = RouteIndex(routes)  # built once, shared by every vehicle's matcher
     ctx = AdapterContext(clock=clock, resources=resources or {})
     adapters: dict[str, SignalAdapter] = {
         c.id: registry.load(c.adapter)(c.id, c.options, ctx) for c in dep.controllers
