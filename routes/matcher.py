@@ -202,6 +202,7 @@ class RouteMatcher:
         self._leaving = 0
         self._reversing = 0
         self._outliers = 0  # consecutive fixes nothing explained
+        self._probs: dict[str, float] = {}  # route -> probability, set by _normalise
         self._aligned_course: float | None = None  # last course that followed the route
         self._leader: tuple[str, int] = ("", 0)  # route ready to commit, fixes in a row
         self._last: RoutePosition | None = None
@@ -450,7 +451,7 @@ class RouteMatcher:
         (a branch just past a fork) does not veto a verdict.
         """
         cfg = self.config
-        probs = self.probabilities()
+        probs = self._probs
         course = fix.course or 0.0
         reversing_w = drifting_w = along_w = flipped_w = 0.0
         seen: dict[tuple[str, float, float], tuple[float, float]] = {}
@@ -508,6 +509,7 @@ class RouteMatcher:
 
     def _drop(self, verdict: Verdict) -> None:
         self._aligned_course = None
+        self._probs = {}
         self.counters[verdict.value] += 1
         self.verdict = verdict
         self._hyps.clear()
@@ -515,27 +517,30 @@ class RouteMatcher:
         self._leaving = self._reversing = 0
 
     def _normalise(self) -> None:
+        """Weights to probabilities (kept for this fix), dropping the negligible."""
         top = max(h.logw for h in self._hyps.values())
-        for h in self._hyps.values():
+        weights = {}
+        for r, h in self._hyps.items():
             h.logw -= top
-        total = sum(math.exp(h.logw) for h in self._hyps.values())
-        for r in [
-            r
-            for r, h in self._hyps.items()
-            if math.exp(h.logw) / total < self.config.prune_probability
-        ]:
-            del self._hyps[r]
+            weights[r] = math.exp(h.logw)
+        total = sum(weights.values())
+        probs = {r: w / total for r, w in weights.items()}
+        for r, p in list(probs.items()):
+            if p < self.config.prune_probability:
+                del self._hyps[r]
+                del probs[r]
+        rest = sum(probs.values())
+        self._probs = {r: p / rest for r, p in probs.items()}
 
     # -- output ---------------------------------------------------------------
 
     def probabilities(self) -> dict[str, float]:
-        w = {r: math.exp(h.logw) for r, h in self._hyps.items()}
-        total = sum(w.values()) or 1.0
-        return {r: v / total for r, v in w.items()}
+        """Route id -> probability after the last fix (empty when off the routes)."""
+        return dict(self._probs)
 
     def _position(self, fix: Fix) -> RoutePosition:
         cfg = self.config
-        probs = self.probabilities()
+        probs = self._probs
         best = max(probs, key=probs.__getitem__)
         if self._committed not in probs or probs[self._committed] < cfg.keep_probability:
             ready = probs[best] >= cfg.commit_probability and self._past_fork(best, probs)
