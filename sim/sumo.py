@@ -1,0 +1,341 @@
+"""The SUMO street model: the scenario run in SUMO through libsumo.
+
+``SumoStreet`` is a :class:`sim.street.Street` like the in-process corridor, so
+the same runner drives it with the same daemon. Our controller models
+(``sim.controller``) stay the truth of the signal state: the planner's commands
+reach them through the ``simlink`` adapter, and before every SUMO step each
+intersection's aspects are pushed into SUMO with
+``trafficlight.setRedYellowGreenState`` (the TraCI call), so SUMO's lights
+follow them exactly. SUMO moves the engine (Krauss car following with
+sigma = 0, ballistic update) and any background traffic.
+
+The engine obeys red in SUMO as in the in-process model: it is an emergency
+vehicle type without the blue-light device, so the comparison holds like for
+like. What SUMO reports is turned into the same :class:`sim.street.EngineTrip`
+with the same definitions (passage = the front crossing the stop line, with
+the aspect its group showed at the start of that step; waiting time = seconds
+below 0.1 m/s; stops = standstills after moving).
+
+libsumo runs one simulation per process: a ``SumoStreet`` is a context manager
+and must be closed; opening a second while one is open is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from preemption.config import ConfigError
+from routes.geojson import RouteSet
+from sim.controller import Aspect, SignalController
+from sim.nmea_out import epoch_sentences
+from sim.scenario import EngineConfig, Scenario
+from sim.street import EngineTrip, SignalPassage, TrajectoryPoint
+from sim.sumo_export import SUMO_STATE, SumoExportError, SumoNetwork, export_network, sumo_binary
+
+STOPPED_SPEED = 0.1  # m/s; slower counts as standing (SUMO's waitingTime)
+ENGINE_TYPE = "fire_engine"
+
+_open_street: SumoStreet | None = None  # libsumo holds one simulation per process
+
+
+def libsumo_available() -> str | None:
+    """None when the SUMO backend can run here, else why not."""
+    try:
+        import libsumo  # noqa: F401
+    except ImportError as exc:
+        return f"libsumo is not installed ({exc}); install the 'sumo' extra"
+    try:
+        sumo_binary("netconvert")
+        sumo_binary("sumo")
+    except SumoExportError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _SignalOnRoute:
+    intersection: str
+    approach: str
+    group: str
+    stop_line_m: float
+
+
+@dataclass
+class _Track:
+    s: float = 0.0
+    v: float = 0.0
+    in_sumo: bool = False
+    arrived_at: float | None = None
+    waiting_s: float = 0.0
+    stops: int = 0
+    was_moving: bool = False
+    passages: list[SignalPassage] = field(default_factory=list)
+    trajectory: list[TrajectoryPoint] = field(default_factory=list)
+    next_signal: int = 0
+
+
+class SumoStreet:
+    """The scenario's controllers and one engine (plus background traffic) in SUMO."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        routes: RouteSet,
+        engine: EngineConfig,
+        *,
+        workdir: Path | None = None,
+        seed: int = 42,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        global _open_street
+        import libsumo
+
+        if _open_street is not None:
+            raise RuntimeError(
+                "a SUMO simulation is already open in this process (libsumo runs one at a "
+                "time); close the other SumoStreet first"
+            )
+        if engine.route not in routes.routes:
+            raise ConfigError(
+                scenario.scenario.deployment,
+                [("engines", f"route {engine.route!r} is not in the deployment's route files")],
+            )
+        self.scenario = scenario
+        self.engine_cfg = engine
+        self.route = routes[engine.route]
+        self.projector = routes.projector
+        self.step_s = scenario.scenario.step_s
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="preemption-sumo-")
+            workdir = Path(self._tmp.name)
+        self.workdir = workdir
+        self._controllers = {
+            ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections
+        }
+        self.network: SumoNetwork = export_network(scenario, routes, workdir)
+        self.route_edges = self.network.routes[engine.route]
+        self.signals = [
+            _SignalOnRoute(
+                sig.intersection,
+                sig.approach,
+                self._controllers[sig.intersection].program.group_for(sig.approach),
+                sig.stop_line_m,
+            )
+            for sig in self.route.signals
+        ]
+        self.max_speed = min(
+            engine.max_speed_kmh / 3.6, self.network.edges[self.route_edges.edges[0]].speed
+        )
+        route_file = workdir / "demand.rou.xml"
+        route_file.write_text(self._demand_xml(), encoding="utf-8")
+        self._t = 0.0
+        self._steps = 0
+        self._track = _Track()
+        args = [
+            str(sumo_binary("sumo")),
+            "-n", str(self.network.net_file),
+            "-r", str(route_file),
+            "--step-length", f"{self.step_s}",
+            "--step-method.ballistic", "true",
+            "--time-to-teleport", "-1",
+            "--collision.action", "warn",
+            "--seed", str(seed),
+            "--no-step-log", "true",
+            "--no-warnings", "true",
+            "--begin", "0",
+            *extra_args,
+        ]  # fmt: skip
+        libsumo.start(args)
+        _open_street = self
+        self._libsumo: Any = libsumo
+        self._check_links()
+
+    # -- the Street protocol -----------------------------------------------------------------
+
+    @property
+    def t(self) -> float:
+        return self._t
+
+    @property
+    def controllers(self) -> Mapping[str, SignalController]:
+        return self._controllers
+
+    @property
+    def departed(self) -> bool:
+        return self._t >= self.engine_cfg.depart_s
+
+    @property
+    def finished(self) -> bool:
+        return self._track.arrived_at is not None
+
+    def advance(self, dt: float) -> None:
+        """Run SUMO for ``dt`` seconds, in whole scenario steps."""
+        n = round(dt / self.step_s)
+        if n < 1 or abs(n * self.step_s - dt) > 1e-6:
+            raise ValueError(
+                f"SumoStreet advances in whole steps of {self.step_s} s (the scenario's "
+                f"step_s); {dt} s is not one"
+            )
+        for _ in range(n):
+            self._step()
+
+    def nmea(self, t_utc: float) -> list[str]:
+        """RMC and GGA at the engine's position along its route (no GNSS error)."""
+        st = self.route.at(self._track.s)
+        lon, lat = self.projector.to_wgs84(st.x, st.y)
+        return epoch_sentences(t_utc, lat, lon, self._track.v, st.heading_deg)
+
+    def trip(self) -> EngineTrip:
+        tr = self._track
+        depart = self.engine_cfg.depart_s
+        end = tr.arrived_at if tr.arrived_at is not None else self._t
+        travel = end - depart
+        return EngineTrip(
+            vehicle=self.engine_cfg.vehicle,
+            route=self.engine_cfg.route,
+            depart=depart,
+            arrival=end,
+            route_length=self.route.length,
+            travel_time=travel,
+            time_loss=travel - self.route.length / self.max_speed,
+            waiting_time=tr.waiting_s,
+            stops=tr.stops,
+            passages=tuple(tr.passages),
+            trajectory=tuple(tr.trajectory),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        global _open_street
+        if _open_street is self:
+            try:
+                self._libsumo.close()
+            finally:
+                _open_street = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> SumoStreet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _demand_xml(self) -> str:
+        e = self.engine_cfg
+        vid = e.vehicle
+        lines = [
+            "<routes>",
+            f'  <vType id="{ENGINE_TYPE}" vClass="emergency" carFollowModel="Krauss" '
+            f'sigma="0" tau="1" accel="{e.accel}" decel="{e.decel}" '
+            f'emergencyDecel="{2 * e.decel}" apparentDecel="{e.decel}" '
+            f'maxSpeed="{e.max_speed_kmh / 3.6:.4f}" length="{e.length_m}" minGap="1.0" '
+            'speedFactor="1" speedDev="0" guiShape="firebrigade" color="red"/>',
+            f'  <vehicle id="{vid}" type="{ENGINE_TYPE}" depart="{e.depart_s:.2f}" '
+            'departPos="0" departSpeed="0" departLane="0">',
+            f'    <route edges="{" ".join(self.route_edges.edges)}"/>',
+            "  </vehicle>",
+            "</routes>",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _check_links(self) -> None:
+        """The link indices netconvert kept are the ones the export asked for."""
+        tl = self._libsumo.trafficlight
+        for iid, links in self.network.signals.items():
+            got = tl.getControlledLinks(links.tl_id)
+            if len(got) != len(links.groups):
+                raise SumoExportError(
+                    f"intersection {iid!r}: SUMO controls {len(got)} links, the export "
+                    f"asked for {len(links.groups)}; look at {self.workdir}/plain.tll.xml"
+                )
+
+    def _push_signals(self) -> None:
+        tl = self._libsumo.trafficlight
+        for iid, links in self.network.signals.items():
+            ctrl = self._controllers[iid]
+            state = "".join(SUMO_STATE[ctrl.aspect(g)] for g in links.groups)
+            tl.setRedYellowGreenState(links.tl_id, state)
+
+    def _step(self) -> None:
+        t0, dt = self._t, self.step_s
+        for c in self._controllers.values():
+            c.advance_to(t0)
+        aspects: dict[int, Aspect] = {}
+        tr = self._track
+        for i in range(tr.next_signal, len(self.signals)):
+            sig = self.signals[i]
+            aspects[i] = self._controllers[sig.intersection].aspect(sig.group)
+        self._push_signals()
+        self._libsumo.simulationStep()
+        self._steps += 1
+        self._t = self._steps * dt
+        self._observe(t0, dt, aspects)
+        for c in self._controllers.values():
+            c.advance_to(self._t)
+
+    def _observe(self, t0: float, dt: float, aspects: Mapping[int, Aspect]) -> None:
+        tr = self._track
+        if tr.arrived_at is not None:
+            return
+        veh = self._libsumo.vehicle
+        vid = self.engine_cfg.vehicle
+        s_old, v_old = tr.s, tr.v
+        if vid in self._libsumo.simulation.getArrivedIDList():
+            # Gone at the end of its route this step: where it would be, at its acceleration.
+            v_new = min(v_old + self.engine_cfg.accel * dt, self.max_speed)
+            s_new = max(s_old + 0.5 * (v_old + v_new) * dt, self.route.length)
+        elif vid in veh.getIDList():
+            tr.in_sumo = True
+            edge = veh.getRoadID(vid)
+            if edge not in self.route_edges.edges:
+                return  # on an internal lane (not built with --no-internal-links)
+            s_new = self.route_edges.start_of(edge) + veh.getLanePosition(vid)
+            v_new = veh.getSpeed(vid)
+        else:
+            return  # not yet inserted
+        for i in range(tr.next_signal, len(self.signals)):
+            sig = self.signals[i]
+            if s_new < sig.stop_line_m:
+                break
+            tau = _time_to(sig.stop_line_m - s_old, v_old, v_new, dt)
+            speed = v_old + (v_new - v_old) * tau / dt
+            tr.passages.append(
+                SignalPassage(sig.intersection, sig.group, t0 + tau, aspects[i], speed)
+            )
+            tr.next_signal = i + 1
+        if s_new >= self.route.length:
+            tr.arrived_at = t0 + _time_to(self.route.length - s_old, v_old, v_new, dt)
+            s_new = self.route.length
+        moving = v_new >= STOPPED_SPEED
+        if not moving:
+            tr.waiting_s += dt
+            if tr.was_moving:
+                tr.stops += 1
+        tr.was_moving = moving
+        tr.s, tr.v = s_new, v_new
+        tr.trajectory.append(TrajectoryPoint(t0 + dt, s_new, v_new))
+
+
+def _time_to(d: float, v0: float, v1: float, dt: float) -> float:
+    """Time into a step at which ``d`` is covered, speed linear from ``v0`` to ``v1``."""
+    if d <= 0:
+        return 0.0
+    k = (v1 - v0) / dt
+    return min(dt, 2 * d / (v0 + math.sqrt(max(v0 * v0 + 2 * k * d, 0.0))))

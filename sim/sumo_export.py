@@ -1,0 +1,433 @@
+"""The scenario as a SUMO network: plain XML in, ``netconvert`` out.
+
+Every route of the deployment becomes a chain of edges along its projected
+geometry, with a node at each signal's stop line. Routes drawn with the same
+vertices (the trunk that routes from one station share) share their edges:
+the network is built from the routes' directed segments, keyed by their end
+points to the centimetre, and a node is placed wherever routes part or meet,
+at a stop line, and at the ends of routes. Each signalised node gets a cross
+street (two arms at right angles to the route, both directions) so that cross
+traffic exists and its movements really conflict with the route's.
+
+Lengths are kept faithful by giving every edge its ``length`` explicitly (the
+distance along the route between its nodes): netconvert cuts the drawn shapes
+back at junctions, but SUMO measures positions along the given length, so a
+vehicle's lane position plus its edge's start is its distance along the route.
+Without internal links (``--no-internal-links``) a vehicle moves straight from
+the end of the incoming lane (the stop line) to the start of the outgoing one.
+
+Signals: each signalised node has a static ``tlLogic`` whose link indices are
+set here: per route through movement the route's approach group, the cross
+street's movements the first other group of the program. The static program is
+the controller's fixed-time plan (stages, yellow, all-red, offset), so the
+network runs its plan on its own in sumo-gui; under the simulator the SUMO
+backend overrides the state every step with what our controller model shows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from routes.geojson import RouteSet
+from routes.geometry import MetricRoute
+from sim.controller import Aspect, SignalController, SignalProgram
+from sim.scenario import Scenario
+
+KEY_RESOLUTION_M = 0.01  # vertices closer than this are the same point
+CROSS_ARM_M = 150.0  # length of each arm of a cross street
+DEFAULT_SPEED = 50 / 3.6  # m/s, for routes without a speed limit
+NETCONVERT_TIMEOUT_S = 60.0
+# Our aspects as SUMO link states: a green with priority, yellow, red.
+SUMO_STATE = {Aspect.GREEN: "G", Aspect.YELLOW: "y", Aspect.RED: "r"}
+
+
+class SumoExportError(RuntimeError):
+    """The scenario could not be turned into a SUMO network."""
+
+
+@dataclass(frozen=True, slots=True)
+class SumoEdge:
+    id: str
+    from_node: str
+    to_node: str
+    shape: tuple[tuple[float, float], ...]
+    length: float
+    speed: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEdges:
+    """One route as SUMO edges: edge ids and where each starts along the route."""
+
+    route: str
+    edges: tuple[str, ...]
+    starts: tuple[float, ...]
+    length: float
+
+    def start_of(self, edge: str) -> float:
+        return self.starts[self.edges.index(edge)]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalLinks:
+    """One signalised node: which of our signal groups drives which SUMO link index."""
+
+    intersection: str
+    tl_id: str
+    groups: tuple[str, ...]  # group of link index i
+    cross_in: tuple[str, ...]  # the cross street's incoming edges (for background demand)
+
+
+@dataclass(frozen=True)
+class SumoNetwork:
+    """The exported network and what the SUMO backend needs to know about it."""
+
+    directory: Path
+    net_file: Path
+    routes: Mapping[str, RouteEdges]
+    signals: Mapping[str, SignalLinks]  # by intersection id
+    edges: Mapping[str, SumoEdge] = field(repr=False)
+    netconvert_log: str = field(default="", repr=False)
+
+
+def sumo_binary(name: str) -> Path:
+    """A SUMO program from the eclipse-sumo package (``pip install .[sumo]``)."""
+    try:
+        sumo_pkg = importlib.import_module("sumo")
+    except ImportError:
+        sumo_pkg = None
+    home = getattr(sumo_pkg, "SUMO_HOME", None)
+    if home is not None and (Path(home) / "bin" / name).is_file():
+        return Path(home) / "bin" / name
+    found = shutil.which(name)
+    if found is None:
+        raise SumoExportError(
+            f"the SUMO program {name!r} is not installed; install the 'sumo' extra "
+            "(pip install '.[sumo]') or put SUMO's bin directory on PATH"
+        )
+    return Path(found)
+
+
+def _key(x: float, y: float) -> tuple[int, int]:
+    return round(x / KEY_RESOLUTION_M), round(y / KEY_RESOLUTION_M)
+
+
+@dataclass
+class _Chain:
+    """A route's polyline with its nodes' positions marked (stop lines, ends)."""
+
+    route: MetricRoute
+    points: list[tuple[float, float]]
+    s: list[float]
+    forced: set[int]  # indices of points that must be nodes
+
+
+def _chain(mr: MetricRoute) -> _Chain:
+    marks = sorted({0.0, mr.length, *(sig.stop_line_m for sig in mr.signals)})
+    verts = [(float(x), float(y), float(c)) for (x, y), c in zip(mr.xy, mr.cum, strict=True)]
+    pts: list[tuple[float, float]] = []
+    ss: list[float] = []
+    forced: set[int] = set()
+    for x, y, c in verts:
+        while marks and marks[0] < c - KEY_RESOLUTION_M:
+            st = mr.at(marks.pop(0))
+            forced.add(len(pts))
+            pts.append((st.x, st.y))
+            ss.append(st.s)
+        if marks and abs(marks[0] - c) <= KEY_RESOLUTION_M:
+            marks.pop(0)
+            forced.add(len(pts))
+        if ss and c - ss[-1] <= KEY_RESOLUTION_M:
+            continue  # a repeated vertex
+        pts.append((x, y))
+        ss.append(c)
+    forced.add(len(pts) - 1)
+    return _Chain(mr, pts, ss, forced)
+
+
+def build_edges(
+    routes: RouteSet, route_ids: Sequence[str], speed_for: Mapping[str, float]
+) -> tuple[dict[str, SumoEdge], dict[str, RouteEdges], dict[tuple[int, int], str]]:
+    """Edges along the routes, shared where routes share vertices; and the nodes' ids."""
+    chains = {rid: _chain(routes[rid]) for rid in route_ids}
+    succ: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    pred: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    forced: set[tuple[int, int]] = set()
+    for ch in chains.values():
+        keys = [_key(*p) for p in ch.points]
+        for a, b in itertools.pairwise(keys):
+            succ.setdefault(a, set()).add(b)
+            pred.setdefault(b, set()).add(a)
+        forced.update(keys[i] for i in ch.forced)
+
+    def is_node(k: tuple[int, int]) -> bool:
+        return k in forced or len(succ.get(k, ())) != 1 or len(pred.get(k, ())) != 1
+
+    node_ids: dict[tuple[int, int], str] = {}
+    edges: dict[str, SumoEdge] = {}
+    by_span: dict[tuple[tuple[int, int], ...], str] = {}
+    route_edges: dict[str, RouteEdges] = {}
+    for rid, ch in chains.items():
+        keys = [_key(*p) for p in ch.points]
+        ids: list[str] = []
+        starts: list[float] = []
+        i = 0
+        while i < len(keys) - 1:
+            j = i + 1
+            while not is_node(keys[j]):
+                j += 1
+            span = tuple(keys[i : j + 1])
+            for k in (keys[i], keys[j]):
+                node_ids.setdefault(k, f"n{len(node_ids)}")
+            eid = by_span.get(span)
+            if eid is None:
+                eid = f"e{len(edges)}"
+                by_span[span] = eid
+                edges[eid] = SumoEdge(
+                    id=eid,
+                    from_node=node_ids[keys[i]],
+                    to_node=node_ids[keys[j]],
+                    shape=tuple(ch.points[i : j + 1]),
+                    length=ch.s[j] - ch.s[i],
+                    speed=speed_for[rid],
+                )
+            ids.append(eid)
+            starts.append(ch.s[i])
+            i = j
+        route_edges[rid] = RouteEdges(rid, tuple(ids), tuple(starts), ch.route.length)
+    return edges, route_edges, node_ids
+
+
+def _cross_group(program: SignalProgram, route_groups: set[str]) -> str | None:
+    for st in program.stages:
+        for g in sorted(st.groups):
+            if g not in route_groups:
+                return g
+    return None
+
+
+def _tl_phases(
+    intersection: str, program: SignalProgram, groups: Sequence[str], step_s: float
+) -> list[tuple[float, str]]:
+    """The fixed-time plan as SUMO phases, read off our controller model over one cycle.
+
+    Sampling the model (instead of re-deriving the plan) keeps whatever it does with
+    intergreens and clearances; starting it at t = 0 makes the offset the program's start.
+    """
+    ctrl = SignalController(intersection, program)
+    n = max(1, round(program.cycle_s / step_s))
+    phases: list[tuple[float, str]] = []
+    for k in range(n):
+        ctrl.advance_to(k * step_s)
+        state = "".join(SUMO_STATE[ctrl.aspect(g)] for g in groups)
+        if phases and phases[-1][1] == state:
+            phases[-1] = (phases[-1][0] + step_s, state)
+        else:
+            phases.append((step_s, state))
+    return phases
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _shape(points: Sequence[tuple[float, float]]) -> str:
+    return " ".join(f"{_fmt(x)},{_fmt(y)}" for x, y in points)
+
+
+def export_network(
+    scenario: Scenario,
+    routes: RouteSet,
+    directory: Path,
+    route_ids: Sequence[str] | None = None,
+) -> SumoNetwork:
+    """Write the plain XML files of the scenario into ``directory`` and build ``net.net.xml``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    route_ids = list(route_ids if route_ids is not None else routes.routes)
+    programs = {ic.id: ic.program() for ic in scenario.intersections}
+    speed_for = {rid: routes[rid].route.speed_limit or DEFAULT_SPEED for rid in route_ids}
+    edges, route_edges, node_ids = build_edges(routes, route_ids, speed_for)
+
+    # Signalised nodes: the node at each signal's stop line, with the route edges into it.
+    through: dict[str, list[tuple[str, str, str]]] = {}  # intersection -> (in, out, group)
+    node_of: dict[str, str] = {}
+    heading_at: dict[str, float] = {}
+    xy_at: dict[str, tuple[float, float]] = {}
+    for rid in route_ids:
+        mr, re_ = routes[rid], route_edges[rid]
+        for sig in mr.signals:
+            program = programs.get(sig.intersection)
+            if program is None:
+                raise SumoExportError(
+                    f"route {rid!r} crosses intersection {sig.intersection!r}, which the "
+                    "scenario gives no signal program; add it to the scenario's [[intersections]]"
+                )
+            k = next(
+                (
+                    n
+                    for n, s in enumerate(re_.starts)
+                    if abs(s - sig.stop_line_m) <= 2 * KEY_RESOLUTION_M
+                ),
+                None,
+            )
+            if k is None:
+                raise SumoExportError(
+                    f"route {rid!r}: no edge starts at the stop line of {sig.intersection!r} "
+                    f"({sig.stop_line_m:.2f} m); this is a bug in the SUMO export"
+                )
+            if k == 0:
+                raise SumoExportError(
+                    f"route {rid!r}: the stop line of {sig.intersection!r} at "
+                    f"{sig.stop_line_m:.1f} m is at the route's start; a signal needs an approach"
+                )
+            e_in, e_out = re_.edges[k - 1], re_.edges[k]
+            node = edges[e_in].to_node
+            if node_of.setdefault(sig.intersection, node) != node:
+                raise SumoExportError(
+                    f"intersection {sig.intersection!r}: routes reach it at different stop "
+                    "lines; the SUMO export supports one approach per intersection"
+                )
+            group = program.group_for(sig.approach)
+            if group not in program.groups:
+                raise SumoExportError(
+                    f"intersection {sig.intersection!r}: approach {sig.approach!r} maps to no "
+                    "signal group of its program; check the scenario's 'approaches'"
+                )
+            entry = (e_in, e_out, group)
+            if entry not in through.setdefault(sig.intersection, []):
+                through[sig.intersection].append(entry)
+            st = mr.at(sig.stop_line_m)
+            heading_at[sig.intersection], xy_at[sig.intersection] = st.heading_deg, (st.x, st.y)
+
+    nodes: dict[str, tuple[float, float, str | None]] = {}  # id -> x, y, traffic light
+    for key, nid in node_ids.items():
+        nodes[nid] = (key[0] * KEY_RESOLUTION_M, key[1] * KEY_RESOLUTION_M, None)
+    connections: list[tuple[str, str]] = []
+    tl_links: list[tuple[str, str, str, int]] = []  # from, to, tl, link index
+    signals: dict[str, SignalLinks] = {}
+    for iid, moves in through.items():
+        program = programs[iid]
+        node = node_of[iid]
+        x, y = xy_at[iid]
+        nodes[node] = (*nodes[node][:2], iid)
+        groups = [g for _, _, g in moves]
+        for e_in, e_out, _ in moves:
+            connections.append((e_in, e_out))
+        cross = _cross_group(program, set(groups))
+        cross_in: list[str] = []
+        if cross is not None:
+            h = math.radians(heading_at[iid])
+            # Unit vector to the left of the direction of travel (heading is from north).
+            lx, ly = -math.cos(h), math.sin(h)
+            arms = {}
+            for side, sign in (("L", 1.0), ("R", -1.0)):
+                arm = f"{iid}.{side}"
+                ax, ay = x + sign * CROSS_ARM_M * lx, y + sign * CROSS_ARM_M * ly
+                nodes[arm] = (ax, ay, None)
+                arms[side] = arm
+            speed = max(speed_for.values())
+            for a, b in (("L", "R"), ("R", "L")):
+                e_in, e_out = f"{iid}.{a}in", f"{iid}.{b}out"
+                edges[e_in] = SumoEdge(
+                    e_in, arms[a], node, (nodes[arms[a]][:2], (x, y)), CROSS_ARM_M, speed
+                )
+                edges[e_out] = SumoEdge(
+                    e_out, node, arms[b], ((x, y), nodes[arms[b]][:2]), CROSS_ARM_M, speed
+                )
+                connections.append((e_in, e_out))
+                groups.append(cross)
+                cross_in.append(e_in)
+        for idx, (e_in, e_out) in enumerate(connections[-len(groups) :]):
+            tl_links.append((e_in, e_out, iid, idx))
+        signals[iid] = SignalLinks(iid, iid, tuple(groups), tuple(cross_in))
+
+    _write_plain(
+        directory, nodes, edges, connections, tl_links, signals, programs, scenario.scenario.step_s
+    )
+    net_file = directory / "net.net.xml"
+    log = _netconvert(directory, net_file)
+    return SumoNetwork(directory, net_file, route_edges, signals, edges, log)
+
+
+def _write_plain(
+    directory: Path,
+    nodes: Mapping[str, tuple[float, float, str | None]],
+    edges: Mapping[str, SumoEdge],
+    connections: Sequence[tuple[str, str]],
+    tl_links: Sequence[tuple[str, str, str, int]],
+    signals: Mapping[str, SignalLinks],
+    programs: Mapping[str, SignalProgram],
+    step_s: float,
+) -> None:
+    nod = ["<nodes>"]
+    for nid, (x, y, tl) in nodes.items():
+        kind = 'type="priority"' if tl is None else f'type="traffic_light" tl={quoteattr(tl)}'
+        nod.append(
+            f"  <node id={quoteattr(nid)} x={quoteattr(_fmt(x))} y={quoteattr(_fmt(y))} {kind}/>"
+        )
+    nod.append("</nodes>")
+    edg = ["<edges>"]
+    for e in edges.values():
+        edg.append(
+            f"  <edge id={quoteattr(e.id)} from={quoteattr(e.from_node)} "
+            f'to={quoteattr(e.to_node)} numLanes="1" speed={quoteattr(f"{e.speed:.3f}")} '
+            f"length={quoteattr(f'{e.length:.3f}')} shape={quoteattr(_shape(e.shape))}/>"
+        )
+    edg.append("</edges>")
+    con = ["<connections>"]
+    for a, b in connections:
+        con.append(f'  <connection from="{a}" to="{b}" fromLane="0" toLane="0"/>')
+    con.append("</connections>")
+    tll = ["<tlLogics>"]
+    for iid, sl in signals.items():
+        tll.append(f'  <tlLogic id={quoteattr(sl.tl_id)} type="static" programID="plan">')
+        for dur, state in _tl_phases(iid, programs[iid], sl.groups, step_s):
+            tll.append(f'    <phase duration="{dur:.2f}" state="{state}"/>')
+        tll.append("  </tlLogic>")
+    for a, b, tl, idx in tl_links:
+        tll.append(
+            f'  <connection from="{a}" to="{b}" fromLane="0" toLane="0" '
+            f'tl="{tl}" linkIndex="{idx}"/>'
+        )
+    tll.append("</tlLogics>")
+    for name, lines in (("nod", nod), ("edg", edg), ("con", con), ("tll", tll)):
+        (directory / f"plain.{name}.xml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _netconvert(directory: Path, net_file: Path) -> str:
+    cmd = [
+        str(sumo_binary("netconvert")),
+        "--node-files", str(directory / "plain.nod.xml"),
+        "--edge-files", str(directory / "plain.edg.xml"),
+        "--connection-files", str(directory / "plain.con.xml"),
+        "--tllogic-files", str(directory / "plain.tll.xml"),
+        "--output-file", str(net_file),
+        "--no-internal-links", "true",
+        "--no-turnarounds", "true",
+        "--offset.disable-normalization", "true",
+        "--junctions.corner-detail", "0",
+        "--tls.discard-simple", "false",
+        "--no-warnings", "false",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=NETCONVERT_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SumoExportError(
+            f"netconvert did not finish within {NETCONVERT_TIMEOUT_S:.0f} s on {directory}"
+        ) from None
+    if done.returncode != 0 or not net_file.is_file():
+        raise SumoExportError(
+            f"netconvert failed on the exported scenario in {directory} "
+            f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
+    return done.stderr
