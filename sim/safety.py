@@ -2,7 +2,7 @@
 
 The monitor never looks inside a controller. It is told the signal program (what
 the street was built for) and, after every simulation step, the aspect of every
-signal group. From that sequence it checks four rules:
+signal group. From that sequence it checks these rules:
 
 ``conflict``
     Two conflicting signal groups are green at the same time. Groups conflict
@@ -11,8 +11,16 @@ signal group. From that sequence it checks four rules:
 ``yellow``
     A yellow shorter than ``program.yellow_s``. A green followed directly by red
     (no yellow seen at all) counts as a yellow of (at most) one sample interval.
+``pedestrian_clearance``
+    The same for a pedestrian group and its clearance time (Räumzeit), which the
+    controller model shows as ``Aspect.YELLOW``.
+``intergreen``
+    For pairs the intergreen matrix names: less than its intergreen (Zwischenzeit)
+    from the end of a group's green to the start of a conflicting group's green.
+    (Without a matrix entry, yellow and all-red together are the intergreen.)
 ``all_red``
-    Less than ``program.all_red_s`` between the end of a group's yellow (its
+    For pairs the intergreen matrix does not name: less than ``program.all_red_s``
+    between the end of a group's yellow (its
     change to red) and the start of a conflicting group's green. A green that
     starts while a conflicting group still shows yellow is always reported.
 ``min_green``
@@ -56,6 +64,8 @@ class ViolationKind(StrEnum):
     YELLOW = "yellow"
     ALL_RED = "all_red"
     MIN_GREEN = "min_green"
+    PEDESTRIAN_CLEARANCE = "pedestrian_clearance"
+    INTERGREEN = "intergreen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,8 @@ class _GroupTrack:
     # The bracket of the group's last change to red from green or yellow.
     red_before: float | None = None
     red_seen: float | None = None
+    # The last sample at which the group was still green, once a green has ended.
+    green_last: float | None = None
 
 
 def conflicting_pairs(program: SignalProgram) -> frozenset[frozenset[str]]:
@@ -142,6 +154,8 @@ class SafetyMonitor:
             tr.onset_before, tr.onset_seen = prev, t
             if tr.aspect is Aspect.RED and old is not Aspect.RED:
                 tr.red_before, tr.red_seen = prev, t
+            if old is Aspect.GREEN:
+                tr.green_last = prev
         for g in sorted(changed):
             if aspects[g] is Aspect.GREEN:
                 self._check_all_red(g, prev, t)
@@ -167,25 +181,31 @@ class SafetyMonitor:
                     f"(seen from {tr.onset_seen} s to before {t} s); "
                     f"minimum green is {p.min_green_s} s",
                 )
+        change = p.change_s(g)
+        kind, word = (
+            (ViolationKind.PEDESTRIAN_CLEARANCE, "clearance")
+            if p.is_pedestrian(g)
+            else (ViolationKind.YELLOW, "yellow")
+        )
         if tr.aspect is Aspect.GREEN and new is Aspect.RED:
             longest = t - prev
-            if longest < p.yellow_s - self.tolerance_s:
+            if longest < change - self.tolerance_s:
                 self._report(
                     t,
-                    ViolationKind.YELLOW,
+                    kind,
                     {g},
-                    f"group {g} went from green (at {prev} s) to red (at {t} s) with a yellow "
-                    f"of at most {longest:.3f} s; yellow is {p.yellow_s} s",
+                    f"group {g} went from green (at {prev} s) to red (at {t} s) with a {word} "
+                    f"of at most {longest:.3f} s; {word} is {change} s",
                 )
         if tr.aspect is Aspect.YELLOW and tr.onset_before is not None:
             longest = t - tr.onset_before
-            if longest < p.yellow_s - self.tolerance_s:
+            if longest < change - self.tolerance_s:
                 self._report(
                     t,
-                    ViolationKind.YELLOW,
+                    kind,
                     {g},
-                    f"group {g} yellow for at most {longest:.3f} s "
-                    f"(seen from {tr.onset_seen} s to before {t} s); yellow is {p.yellow_s} s",
+                    f"group {g} {word} for at most {longest:.3f} s "
+                    f"(seen from {tr.onset_seen} s to before {t} s); {word} is {change} s",
                 )
 
     def _check_all_red(self, g: str, prev: float, t: float) -> None:
@@ -193,6 +213,19 @@ class SafetyMonitor:
         p = self.program
         for h in sorted(self._conflicts[g]):
             other = self._tracks[h]
+            needed = p.intergreen_s_between(h, g)
+            in_matrix = (h, g) in p.intergreen  # the matrix rules where it speaks
+            if in_matrix and other.aspect is not Aspect.GREEN and other.green_last is not None:
+                longest = t - other.green_last
+                if longest < needed - self.tolerance_s:
+                    self._report(
+                        t,
+                        ViolationKind.INTERGREEN,
+                        {g, h},
+                        f"group {g} turned green (by {t} s) at most {longest:.3f} s after "
+                        f"conflicting group {h}'s green ended (after {other.green_last} s); "
+                        f"the intergreen {h} -> {g} is {needed} s",
+                    )
             if other.aspect is Aspect.YELLOW:
                 self._report(
                     t,
@@ -200,7 +233,7 @@ class SafetyMonitor:
                     {g, h},
                     f"group {g} turned green (at {t} s) while conflicting group {h} showed yellow",
                 )
-            elif other.aspect is Aspect.RED and other.red_before is not None:
+            elif other.aspect is Aspect.RED and other.red_before is not None and not in_matrix:
                 longest = t - other.red_before
                 if longest < p.all_red_s - self.tolerance_s:
                     self._report(
