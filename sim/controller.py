@@ -288,6 +288,8 @@ class SignalController:
     _serving: _Call | None = field(default=None, init=False)
     _exit: PreemptStatus | None = field(default=None, init=False)  # EXITING or MAX_PRESENCE
     _locked_out: set[str] = field(default_factory=set, init=False)  # ended by max presence
+    # The next moment anything can change by itself; advancing to before it is free.
+    _next_event: float = field(default=-math.inf, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._start_in_plan(self.t)
@@ -319,11 +321,13 @@ class SignalController:
             self._calls.append(
                 _Call(request_id, approach, group, self.t, self.t + hold_s, self.t + delay)
             )
+        self._next_event = -math.inf
         self.advance_to(self.t)  # act on it now
 
     def release(self, request_id: str) -> None:
         self._locked_out.discard(request_id)
         self._calls = [c for c in self._calls if c.request_id != request_id]
+        self._next_event = -math.inf
         self.advance_to(self.t)
 
     def preempt_status(self) -> tuple[PreemptStatus, str | None]:
@@ -354,6 +358,9 @@ class SignalController:
 
     def advance_to(self, t: float) -> None:
         """Run the controller up to time ``t``, switching at the exact moments due."""
+        if t < self._next_event and t >= self.t:
+            self.t = t  # nothing is due before the next event: the hot path of a simulation
+            return
         if t < self.t:
             raise ValueError(
                 f"controller {self.intersection!r}: time cannot go back ({t} < {self.t})"
@@ -364,6 +371,7 @@ class SignalController:
             interval_end = self._interval_end()
             call_end = self._next_call_end()  # always later than self.t here
             if min(interval_end, call_end) > t:
+                self._next_event = min(interval_end, call_end)
                 break
             if call_end <= interval_end:
                 # Calls end first at a tie: the green then ends by the plan's rule.

@@ -20,6 +20,17 @@ it commits at speed ``v`` (under 2 s when slow, as it accelerates), so a yellow 
 least that long plus one step keeps every crossing off red. At 2.5 m/s² RiLSA's
 yellows (3 s at 50 km/h, 4 s at 60, 5 s at 70) all qualify; a faster engine on a
 3 s yellow can be committed and still meet red, and then it drives on.
+
+Queues: a stop line may report the length of the queue of background traffic
+standing ahead of the engine (``StopLine.queue_m``). The engine then stops
+behind its tail whatever the signal shows, and reaches the line only once the
+vehicles ahead have discharged: a green that comes too late to clear them costs
+the engine time even with pre-emption.
+
+Crossing red: with ``red_crossing_speed`` set (German special rights, §35 StVO:
+a red signal may be passed with due care), the engine does not stop at a red
+stop line but slows to at most that speed at the line and crosses. A queue
+ahead still stops it.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ class StopLine:
     intersection: str
     s: float  # along the route
     aspect: Callable[[], Aspect]  # what the engine's approach shows now
+    queue_m: Callable[[], float] | None = None  # queue of other vehicles ahead of the engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,7 @@ class EngineRun:
     stops: int = 0  # times the engine came to a standstill after moving
     crossings: list[Crossing] = field(default_factory=list)
     finished_at: float | None = None  # when the front reached the end of the route
+    red_crossing_speed: float | None = None  # m/s at a red line; None: stop at red
     _next: int = field(default=0, init=False, repr=False)  # index of the next stop line ahead
     _was_moving: bool = field(default=False, init=False, repr=False)
     # Decisions at yellow, per stop line index, kept until it shows green or is passed.
@@ -113,7 +126,18 @@ class EngineRun:
     def _safe_speed(self) -> float:
         """The highest speed that still allows a comfortable stop where it must stop."""
         spec = self.spec
-        for i in range(self._next, len(self.stop_lines)):
+        limit = math.inf
+        if self._next < len(self.stop_lines):
+            sl = self.stop_lines[self._next]
+            queue = 0.0 if sl.queue_m is None else sl.queue_m()
+            if queue > 0:
+                limit = math.sqrt(2 * spec.decel * max(sl.s - STOP_GAP_M - queue - self.s, 0.0))
+        return min(limit, self._signal_speed(self._next))
+
+    def _signal_speed(self, first: int) -> float:
+        """The highest speed the signals from stop line ``first`` on allow."""
+        spec = self.spec
+        for i in range(first, len(self.stop_lines)):
             sl = self.stop_lines[i]
             aspect = sl.aspect()
             if aspect is Aspect.GREEN:
@@ -127,6 +151,11 @@ class EngineRun:
                 (self._stopping if can_stop else self._committed).add(i)
             if i in self._committed:
                 continue  # too close to stop when it turned: drive through
+            vc = self.red_crossing_speed
+            if vc is not None:
+                # Special rights: slow to vc at the line, then on to the next signal.
+                here = math.sqrt(vc * vc + 2 * spec.decel * max(sl.s - self.s, 0.0))
+                return min(here, self._signal_speed(i + 1))
             return math.sqrt(2 * spec.decel * max(gap, 0.0))
         return math.inf
 
