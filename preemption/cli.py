@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from preemption.cli_routes import add_routes_parser
 from preemption.config import ConfigError, load_config
 from preemption.model import Fix
 from routes.geojson import RouteFileError
@@ -107,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--config", type=Path, required=True, help="onboard TOML file")
     o.add_argument("--check", action="store_true", help="validate the file, print it, exit")
     o.set_defaults(func=_onboard)
+
+    add_routes_parser(sub)
     return p
 
 
