@@ -240,6 +240,10 @@ class SumoStreet:
     def _demand_xml(self) -> str:
         e = self.engine_cfg
         vid = e.vehicle
+        # SUMO inserts a vehicle at the end of the step at its departure time, so it first
+        # moves one step later; inserting it one step early makes it move from depart_s on,
+        # as the in-process engine does.
+        depart = max(0.0, e.depart_s - self.step_s)
         lines = [
             "<routes>",
             f'  <vType id="{ENGINE_TYPE}" vClass="emergency" carFollowModel="Krauss" '
@@ -247,7 +251,7 @@ class SumoStreet:
             f'emergencyDecel="{2 * e.decel}" apparentDecel="{e.decel}" '
             f'maxSpeed="{e.max_speed_kmh / 3.6:.4f}" length="{e.length_m}" minGap="1.0" '
             'speedFactor="1" speedDev="0" guiShape="firebrigade" color="red"/>',
-            f'  <vehicle id="{vid}" type="{ENGINE_TYPE}" depart="{e.depart_s:.2f}" '
+            f'  <vehicle id="{vid}" type="{ENGINE_TYPE}" depart="{depart:.2f}" '
             'departPos="0" departSpeed="0" departLane="0">',
             f'    <route edges="{" ".join(self.route_edges.edges)}"/>',
             "  </vehicle>",

@@ -130,8 +130,15 @@ class _Chain:
     forced: set[int]  # indices of points that must be nodes
 
 
-def _chain(mr: MetricRoute) -> _Chain:
-    marks = sorted({0.0, mr.length, *(sig.stop_line_m for sig in mr.signals)})
+def _chain(mr: MetricRoute, cuts: Sequence[tuple[float, float]]) -> _Chain:
+    """The route's vertices plus a vertex at each of ``cuts`` (stop lines of every route)
+    that lies on it, so that routes sharing a stretch also share its nodes."""
+    marks_on = {0.0, mr.length}
+    for x, y in cuts:
+        s, offset = mr.locate(x, y)
+        if abs(offset) <= KEY_RESOLUTION_M:
+            marks_on.add(s)
+    marks = sorted(marks_on)
     verts = [(float(x), float(y), float(c)) for (x, y), c in zip(mr.xy, mr.cum, strict=True)]
     pts: list[tuple[float, float]] = []
     ss: list[float] = []
@@ -157,7 +164,13 @@ def build_edges(
     routes: RouteSet, route_ids: Sequence[str], speed_for: Mapping[str, float]
 ) -> tuple[dict[str, SumoEdge], dict[str, RouteEdges], dict[tuple[int, int], str]]:
     """Edges along the routes, shared where routes share vertices; and the nodes' ids."""
-    chains = {rid: _chain(routes[rid]) for rid in route_ids}
+    cuts = []
+    for rid in route_ids:
+        mr = routes[rid]
+        for sig in mr.signals:
+            st = mr.at(sig.stop_line_m)
+            cuts.append((st.x, st.y))
+    chains = {rid: _chain(routes[rid], cuts) for rid in route_ids}
     succ: dict[tuple[int, int], set[tuple[int, int]]] = {}
     pred: dict[tuple[int, int], set[tuple[int, int]]] = {}
     forced: set[tuple[int, int]] = set()
