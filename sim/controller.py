@@ -288,6 +288,7 @@ class SignalController:
     _serving: _Call | None = field(default=None, init=False)
     _exit: PreemptStatus | None = field(default=None, init=False)  # EXITING or MAX_PRESENCE
     _locked_out: set[str] = field(default_factory=set, init=False)  # ended by max presence
+    switches: int = field(default=0, init=False)  # counts interval changes (cheap change test)
     # The next moment anything can change by itself; advancing to before it is free.
     _next_event: float = field(default=-math.inf, init=False, repr=False)
 
@@ -408,6 +409,7 @@ class SignalController:
 
     def _enter(self, stage: int, interval: Interval, since: float) -> None:
         self.stage, self.interval, self.since = stage, interval, since
+        self.switches += 1
         if interval is Interval.GREEN:
             for g in self.program.stages[stage].groups:
                 self.green_log.setdefault(g, []).append([since, math.inf])
@@ -477,8 +479,10 @@ class SignalController:
             for g in self.program.stages[self.stage].groups:
                 self.green_log[g][-1][1] = t
             self.interval, self.since, self.green_end = Interval.YELLOW, t, t
+            self.switches += 1
         elif self.interval is Interval.YELLOW:
             self.interval, self.since = Interval.ALL_RED, t
+            self.switches += 1
         else:
             nxt = self._target()
             if self._serving is None:

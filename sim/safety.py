@@ -56,7 +56,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sim.controller import Aspect, SignalProgram
+from sim.controller import Aspect, Interval, SignalController, SignalProgram
 
 
 class ViolationKind(StrEnum):
@@ -260,3 +260,44 @@ class SafetyMonitor:
                 f"conflicting groups {' and '.join(sorted(pair))} green together at {t} s",
             )
         self._green_pairs = now
+
+
+@dataclass
+class StreetWatch:
+    """A safety monitor per controller, fed at every simulation step.
+
+    Sampling every step costs a dictionary of aspects per controller; this
+    watch builds it only when a controller has switched since the last step (or
+    is in a yellow, where groups may change at their own moments) and then
+    hands the monitor the unchanged sample of the step before as well, so the
+    monitor sees exactly what it would have seen sampling every step.
+    """
+
+    controllers: Mapping[str, SignalController]
+    monitors: dict[str, SafetyMonitor] = field(default_factory=dict, init=False)
+    _seen: dict[str, tuple[int, dict[str, Aspect]]] = field(default_factory=dict, init=False)
+    _last_t: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.monitors = {i: SafetyMonitor(c.program) for i, c in self.controllers.items()}
+
+    def sample(self, t: float) -> None:
+        prev = self._last_t
+        for i, c in self.controllers.items():
+            seen = self._seen.get(i)
+            if seen is not None and seen[0] == c.switches and c.interval is not Interval.YELLOW:
+                continue
+            aspects = c.aspects()
+            if seen is not None and aspects == seen[1]:
+                self._seen[i] = (c.switches, aspects)
+                continue
+            mon = self.monitors[i]
+            if seen is not None and prev is not None and mon._last_t != prev:
+                mon.observe(prev, seen[1])  # the unchanged step before the change
+            mon.observe(t, aspects)
+            self._seen[i] = (c.switches, aspects)
+        self._last_t = t
+
+    @property
+    def violations(self) -> list[tuple[str, Violation]]:
+        return [(i, v) for i, m in self.monitors.items() for v in m.violations]

@@ -1,19 +1,30 @@
-"""The simulated street: controllers and one engine on its route, stepped in time."""
+"""The in-process street: controllers, queues of background traffic, one engine.
+
+``Corridor`` implements ``sim.street.Street``. Time ``t`` is seconds since the
+scenario's start; the engine leaves at its departure time. Every step the
+engine sees the signals and the queue ahead at the start of the step, moves,
+and then the controllers are advanced to the end of the step (a controller is
+advanced once per step; between its switches that costs next to nothing).
+Queues are advanced lazily: the one ahead of the engine every step, the others
+when their figures are read (``queues_to``).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from preemption.config import ConfigError
 from routes.geojson import RouteSet
 from routes.geometry import MetricRoute
-from sim.controller import SignalController
+from sim.controller import Aspect, SignalController
 from sim.engine import EngineRun, EngineSpec, StopLine
+from sim.gnss import PRESETS, GnssErrorModel, to_nmea
 from sim.nmea_out import epoch_sentences
 from sim.scenario import EngineConfig, Scenario
+from sim.street import EngineTrip, SignalPassage, TrajectoryPoint
+from sim.traffic import ApproachQueue, stream_seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +35,52 @@ class SignalOnRoute:
     stop_line_m: float
 
 
-class Corridor:
-    """Every controller of the scenario and one engine driving its route.
+@dataclass
+class QueueAhead:
+    """The part of a queue that stands between the engine and the stop line.
 
-    Time ``t`` is seconds since the scenario's start; the engine leaves at its
-    departure time.
+    Until the engine reaches the queue's tail (within its braking distance and a
+    car length), every vehicle waiting counts as ahead of it; from then on only
+    those waiting when it joined do, and they leave first (first in, first out).
+    Vehicles that arrive later queue behind the engine.
     """
 
-    def __init__(self, scenario: Scenario, routes: RouteSet, engine: EngineConfig) -> None:
+    queue: ApproachQueue
+    engine: EngineRun
+    stop_line_m: float
+    _joined_with: int | None = field(default=None, init=False)  # vehicles ahead on joining
+    _departed_then: int = field(default=0, init=False)
+
+    def vehicles(self) -> int:
+        q, e = self.queue, self.engine
+        q.advance_to(e.t)
+        if self._joined_with is None:
+            spacing = q.params.vehicle_spacing_m
+            tail = self.stop_line_m - q.queued * spacing
+            if q.queued and e.s + e.spec.braking_distance(e.v) + spacing >= tail:
+                self._joined_with, self._departed_then = q.queued, q.departed
+            return q.queued
+        return max(0, self._joined_with - (q.departed - self._departed_then))
+
+    def __call__(self) -> float:
+        return self.vehicles() * self.queue.params.vehicle_spacing_m
+
+
+class Corridor:
+    """Every controller and queue of the scenario and one engine driving its route."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        routes: RouteSet,
+        engine: EngineConfig,
+        *,
+        red_crossing: bool = False,
+        record_trajectory: bool = True,
+    ) -> None:
         self.scenario = scenario
         self.engine_cfg = engine
-        self.controllers = {
+        self._controllers = {
             ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections
         }
         if engine.route not in routes.routes:
@@ -44,10 +90,52 @@ class Corridor:
             )
         self.route: MetricRoute = routes[engine.route]
         self.projector = routes.projector
-        self.signals: list[SignalOnRoute] = []
-        stop_lines = []
+        params = scenario.traffic.params()
+        self.queues: dict[tuple[str, str], ApproachQueue] = {}
+        for ic in scenario.intersections:
+            log = self._controllers[ic.id].green_log
+            for d in ic.demand:
+                group = ic.group_of(d)
+                self.queues[(ic.id, d.approach)] = ApproachQueue(
+                    ic.id,
+                    d.approach,
+                    group,
+                    d.veh_h,
+                    log.setdefault(group, []),
+                    params,
+                    seed=scenario.traffic.seed,
+                )
+        spec = EngineSpec(
+            max_speed=engine.max_speed_kmh / 3.6,
+            accel=engine.accel,
+            decel=engine.decel,
+            length_m=engine.length_m,
+        )
+        self.engine = EngineRun(
+            spec=spec,
+            route_length=self.route.length,
+            stop_lines=[],
+            t=engine.depart_s,
+            red_crossing_speed=(scenario.baseline.red_crossing_kmh / 3.6 if red_crossing else None),
+        )
+        self.signals = self._signals_on_route(scenario, engine)
+        self.engine.stop_lines = [self._stop_line(sig) for sig in self.signals]
+        self._t = 0.0
+        self._record = record_trajectory
+        self._trajectory: list[tuple[float, float, float]] = []
+        gnss = scenario.gnss
+        self.gnss: GnssErrorModel | None = (
+            None
+            if gnss.preset == "none"
+            else GnssErrorModel(
+                PRESETS[gnss.preset], seed=stream_seed(gnss.seed, engine.vehicle, "gnss")
+            )
+        )
+
+    def _signals_on_route(self, scenario: Scenario, engine: EngineConfig) -> list[SignalOnRoute]:
+        out = []
         for sig in self.route.signals:
-            ctrl = self.controllers.get(sig.intersection)
+            ctrl = self._controllers.get(sig.intersection)
             if ctrl is None:
                 raise ConfigError(
                     scenario.scenario.deployment,
@@ -70,42 +158,93 @@ class Corridor:
                         )
                     ],
                 )
-            self.signals.append(
-                SignalOnRoute(sig.intersection, sig.approach, group, sig.stop_line_m)
-            )
-            stop_lines.append(
-                StopLine(sig.intersection, sig.stop_line_m, partial(ctrl.aspect, group))
-            )
-        spec = EngineSpec(
-            max_speed=engine.max_speed_kmh / 3.6,
-            accel=engine.accel,
-            decel=engine.decel,
-            length_m=engine.length_m,
-        )
-        self.engine = EngineRun(
-            spec=spec, route_length=self.route.length, stop_lines=stop_lines, t=engine.depart_s
-        )
-        self.t = 0.0
+            out.append(SignalOnRoute(sig.intersection, sig.approach, group, sig.stop_line_m))
+        return out
+
+    def _stop_line(self, sig: SignalOnRoute) -> StopLine:
+        ctrl = self._controllers[sig.intersection]
+        group = sig.group
+
+        def aspect() -> Aspect:
+            return ctrl.aspect(group)
+
+        queue = self.queues.get((sig.intersection, sig.approach))
+        ahead = None if queue is None else QueueAhead(queue, self.engine, sig.stop_line_m)
+        return StopLine(sig.intersection, sig.stop_line_m, aspect, ahead)
+
+    # -- the Street protocol -----------------------------------------------------------------
+
+    @property
+    def t(self) -> float:
+        return self._t
+
+    @property
+    def controllers(self) -> Mapping[str, SignalController]:
+        return self._controllers
 
     @property
     def departed(self) -> bool:
-        return self.t >= self.engine_cfg.depart_s
+        return self._t >= self.engine_cfg.depart_s
+
+    @property
+    def finished(self) -> bool:
+        return self.engine.finished
 
     def advance(self, dt: float) -> None:
         """Move everything on by ``dt`` seconds."""
-        for c in self.controllers.values():
-            c.advance_to(self.t)
         if self.departed and not self.engine.finished:
             self.engine.step(dt)
-        self.t += dt
-        for c in self.controllers.values():
-            c.advance_to(self.t)
+            if self._record:
+                e = self.engine
+                self._trajectory.append((e.t, e.s, e.v))
+        self._t += dt
+        t = self._t
+        for c in self._controllers.values():
+            c.advance_to(t)
 
     def nmea(self, t_utc: float) -> list[str]:
-        """What the engine's receiver reports now (no GNSS error in the walking skeleton)."""
+        """What the engine's receiver reports now: RMC and GGA, through the GNSS error model
+        when the scenario has one (none while it is in a dropout)."""
         st = self.route.at(self.engine.s)
-        lon, lat = self.projector.to_wgs84(st.x, st.y)
-        return epoch_sentences(t_utc, lat, lon, self.engine.v, st.heading_deg)
+        if self.gnss is None:
+            lon, lat = self.projector.to_wgs84(st.x, st.y)
+            return epoch_sentences(t_utc, lat, lon, self.engine.v, st.heading_deg)
+        obs = self.gnss.observe(self._t, st.x, st.y, self.engine.v, st.heading_deg)
+        if obs is None:
+            return []
+        return to_nmea(obs, self.projector, time_offset_s=t_utc - self._t)
+
+    def trip(self) -> EngineTrip:
+        e, cfg = self.engine, self.engine_cfg
+        arrival = e.finished_at if e.finished_at is not None else e.t
+        travel = arrival - cfg.depart_s
+        by_id = {s.intersection: s for s in self.signals}
+        return EngineTrip(
+            vehicle=cfg.vehicle,
+            route=cfg.route,
+            depart=cfg.depart_s,
+            arrival=arrival,
+            route_length=self.route.length,
+            travel_time=travel,
+            time_loss=travel - free_flow_time(e.spec, self.route.length),
+            waiting_time=e.stopped_s,
+            stops=e.stops,
+            passages=[
+                SignalPassage(
+                    c.intersection, by_id[c.intersection].group, c.time, c.aspect, c.speed
+                )
+                for c in e.crossings
+            ],
+            trajectory=[TrajectoryPoint(t, s, v) for t, s, v in self._trajectory],
+        )
+
+    # -- running without a daemon ------------------------------------------------------------
+
+    def queues_to(self, t: float) -> Mapping[tuple[str, str], ApproachQueue]:
+        """Every queue, advanced to ``t`` (at most the street's time)."""
+        for q in self.queues.values():
+            q.advance_to(min(t, self._t))
+        return self.queues
 
     def run_to_end(self) -> None:
         """Drive without anyone asking for green: the baseline."""
@@ -126,4 +265,14 @@ class Corridor:
                 )
             self.advance(info.step_s)
             n += 1
-            yield self.t
+            yield self._t
+
+
+def free_flow_time(spec: EngineSpec, length: float) -> float:
+    """The engine's time over ``length`` from standstill with every signal green and nobody
+    in the way: accelerate at ``spec.accel`` to its maximum speed, then cruise."""
+    v, a = spec.max_speed, spec.accel
+    d_acc = v * v / (2 * a)
+    if length <= d_acc:
+        return math.sqrt(2 * length / a)
+    return v / a + (length - d_acc) / v
