@@ -19,7 +19,9 @@ it is listed once, at the first of its stop lines the route meets.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +78,7 @@ class BuiltRoute:
 
     @property
     def length_m(self) -> float:
-        return sum(math.dist(a, b) for a, b in zip(self.xy, self.xy[1:], strict=False))
+        return sum(math.dist(a, b) for a, b in itertools.pairwise(self.xy))
 
 
 def snap(
@@ -97,10 +99,14 @@ def snap(
             return [Snap(place.edge, 0, 0.0, 0.0)]
         lane = rn.edge(place.edge).getLane(0)
         return [Snap(place.edge, 0, float(shapely.LineString(lane.getShape()).length), 0.0)]
-    assert place.lon is not None and place.lat is not None
+    assert place.lon is not None
+    assert place.lat is not None
     x, y = rn.to_xy(place.lon, place.lat)
     found: list[Snap] = []
-    for edge, _ in rn.net.getNeighboringEdges(x, y, radius_m, includeJunctions=False):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*rtree.*")  # brute force is fine here
+        near = rn.net.getNeighboringEdges(x, y, radius_m, includeJunctions=False)
+    for edge, _ in near:
         if edge.getID() not in rn.graph:
             continue
         best: Snap | None = None
@@ -133,7 +139,7 @@ def _edge_time(rn: RoadNetwork, edge: str) -> float:
 def _time_at(rn: RoadNetwork, s: Snap) -> float:
     """Travel time from the start of the snap's edge to the snap."""
     node = rn.graph.nodes[s.edge]
-    return min(s.pos, node["length"]) / max(node["speed"], 0.1)
+    return float(min(s.pos, node["length"]) / max(node["speed"], 0.1))
 
 
 def _dijkstra(
@@ -258,7 +264,7 @@ def _trace(
     by_tl: dict[str, PathSignal] = {}
     junctions_seen: set[str] = set()
     chosen: list[Link | None] = []
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         links = rn.links(a, b)
         tl = next((ln.tl for ln in links if ln.tl), "")
         chosen.append(_choose(links, green_of.get(tl, {})))
@@ -294,8 +300,10 @@ def _trace(
                         junction=link.junction,
                         approach_edge=edge,
                         from_lane=link.from_lane,
-                        link_indices=(link.link_index,)
-                        + tuple(k for k in movement if k != link.link_index),
+                        link_indices=(
+                            link.link_index,
+                            *(k for k in movement if k != link.link_index),
+                        ),
                         stop_xy=xy[-1],
                         stop_s=_length(xy),
                     )
@@ -316,4 +324,4 @@ def _extend(xy: list[tuple[float, float]], pts: Sequence[Any]) -> None:
 
 
 def _length(xy: Sequence[tuple[float, float]]) -> float:
-    return sum(math.dist(a, b) for a, b in zip(xy, xy[1:], strict=False))
+    return sum(math.dist(a, b) for a, b in itertools.pairwise(xy))

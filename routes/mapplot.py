@@ -14,13 +14,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import shapely  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import shapely
+from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 
-from routes.geojson import RouteSet  # noqa: E402
-from routes.network import RouteNetwork  # noqa: E402
-from routes.roadnet import RoadNetwork  # noqa: E402
+from routes.geojson import RouteSet
+from routes.network import RouteNetwork
+from routes.roadnet import RoadNetwork
 
 ATTRIBUTION = "Map data © OpenStreetMap contributors (ODbL); network: Eclipse SUMO"
 
@@ -101,11 +103,11 @@ def draw_map(
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
             )
     handles = [
-        plt.Line2D([], [], marker="*", color="crimson", ls="", ms=12, label="station"),
-        plt.Line2D([], [], marker="o", color="red", mec="k", ls="", label="signal (stop line)"),
-        plt.Line2D([], [], marker="D", color="gold", mec="k", ls="", label="branch point (angle)"),
-        plt.Line2D([], [], color="0.25", lw=6, alpha=0.35, label="shared trunk"),
-        *(plt.Line2D([], [], color=colours(k % 10), lw=2, label=rid) for k, rid in enumerate(ids)),
+        Line2D([], [], marker="*", color="crimson", ls="", ms=12, label="station"),
+        Line2D([], [], marker="o", color="red", mec="k", ls="", label="signal (stop line)"),
+        Line2D([], [], marker="D", color="gold", mec="k", ls="", label="branch point (angle)"),
+        Line2D([], [], color="0.25", lw=6, alpha=0.35, label="shared trunk"),
+        *(Line2D([], [], color=colours(k % 10), lw=2, label=rid) for k, rid in enumerate(ids)),
     ]
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
     summary = network.summary()
@@ -128,7 +130,7 @@ def draw_map(
     return out
 
 
-def _draw_streets(ax: plt.Axes, routes: RouteSet, road: RoadNetwork) -> None:
+def _draw_streets(ax: Axes, routes: RouteSet, road: RoadNetwork) -> None:
     xs: list[float] = []
     ys: list[float] = []
     for mr in routes:

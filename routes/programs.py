@@ -90,8 +90,8 @@ def program_from_phases(
             run_red, previous_was_green = 0.0, True
     if not stages:
         raise ProgramError(f"traffic light {tl!r} program {program_id!r} has no green phase")
-    greens = [min(g, max_green_s) if max_green_s else g for _, g in stages]
-    shortest = min(greens)
+    green_s = [min(g, max_green_s) if max_green_s else g for _, g in stages]
+    shortest = min(green_s)
     min_green = min(max(min_durs, default=min(5.0, shortest)), shortest)
     return ProgramData(
         tl=tl,
@@ -99,7 +99,7 @@ def program_from_phases(
         kind=kind,
         stages=tuple(
             StageData(tuple(sorted(g, key=lambda n: int(n[1:]))), round(green, 1))
-            for (g, _), green in zip(stages, greens, strict=True)
+            for (g, _), green in zip(stages, green_s, strict=True)
         ),
         yellow_s=round(yellow or DEFAULT_YELLOW_S, 1),
         all_red_s=round(all_red, 1),

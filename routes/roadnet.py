@@ -18,6 +18,7 @@ the ``sumo`` extra).
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -207,9 +208,7 @@ def find_netconvert() -> Path | None:
     home = os.environ.get("SUMO_HOME")
     if not home:
         try:
-            import sumo  # the eclipse-sumo wheel
-
-            home = str(sumo.SUMO_HOME)
+            home = str(importlib.import_module("sumo").SUMO_HOME)  # the eclipse-sumo wheel
         except ImportError:
             return None
     candidate = Path(home) / "bin" / "netconvert"
