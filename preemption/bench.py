@@ -266,6 +266,32 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     return summary
 
 
+def bench_sim(n_signals: int = 15, sweep_runs: int = 10) -> dict[str, Any]:
+    """The simulator on a synthetic 15-signal corridor with background traffic: simulated
+    seconds per wall second over a sweep (baseline and pre-empted run each)."""
+    import tempfile
+
+    from preemption.simulate import load, sweep
+    from sim.corridor_gen import write_corridor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = load(write_corridor(Path(tmp), n_signals=n_signals))
+        t = time.perf_counter()
+        runs = sweep(setup, sweep_runs)
+        wall = time.perf_counter() - t
+    simulated = sum(c.preempted.street.t + c.baseline.street.t for c in runs)
+    return {
+        "signals": n_signals,
+        "runs": sweep_runs,
+        "wall_s": round(wall, 3),
+        "wall_per_run_s": round(wall / sweep_runs, 3),
+        "simulated_s": round(simulated, 1),
+        "realtime_factor": round(simulated / wall, 1),
+        "violations": sum(c.violations for c in runs),
+        "max_ratio_to_free_flow": round(max(c.ratio_to_free_flow for c in runs), 3),
+    }
+
+
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
     "nmea": bench_nmea,
     "match": bench_match,
@@ -273,6 +299,7 @@ BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
     "planner": bench_planner,
     "identify": bench_identify,
     "demo": bench_demo,
+    "sim": bench_sim,
 }
 
 

@@ -19,7 +19,7 @@ from routes.geojson import RouteFileError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # the input (configuration, route or scenario file) is unusable
-BENCH_NAMES = ("pipeline", "match", "identify", "planner", "nmea", "demo")
+BENCH_NAMES = ("pipeline", "match", "identify", "planner", "nmea", "demo", "sim")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("scenario", type=Path, nargs="?", help="scenario TOML (default: bundled)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=_demo)
+
+    from preemption.cli_sim import add_sim_parser
+
+    add_sim_parser(sub)
 
     m = sub.add_parser("match", help="match an NMEA track against route files, fix by fix")
     m.add_argument("--routes", type=Path, nargs="+", required=True, help="route GeoJSON file(s)")

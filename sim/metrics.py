@@ -8,7 +8,9 @@ same metrics.
 
 Cross traffic is judged against the plan: the baseline run's controllers run
 the plan untouched, so "forced red" on a group is the green the plan would have
-given it in the window and the pre-empted run did not.
+given it between the first call and the controller's return to the plan, and
+the pre-empted run did not. (After the return the plan runs shifted: the
+offset is not recovered; the shift is not counted as forced red.)
 """
 
 from __future__ import annotations
@@ -29,13 +31,26 @@ def green_within(log: Sequence[Sequence[float]], start: float, end: float) -> fl
     return sum(max(0.0, min(off, end) - max(on, start)) for on, off in log)
 
 
+def preemption_window(ctrl: SignalController, horizon: float) -> tuple[float, float]:
+    """From the first call to the controller's return to the plan (or ``horizon``)."""
+    log = ctrl.status_log
+    active = [k for k, c in enumerate(log) if c.status is not PreemptStatus.NOT_ACTIVE]
+    if not active:
+        return 0.0, 0.0
+    after = [c.time for c in log[active[-1] + 1 :] if c.status is PreemptStatus.NOT_ACTIVE]
+    return log[active[0]].time, after[0] if after else horizon
+
+
 def red_against_plan(
-    planned: Sequence[Sequence[float]], actual: Sequence[Sequence[float]], horizon: float
+    planned: Sequence[Sequence[float]],
+    actual: Sequence[Sequence[float]],
+    start: float,
+    end: float,
 ) -> float:
-    """Seconds in ``[0, horizon]`` in which the plan shows green and the run does not."""
+    """Seconds in ``[start, end]`` in which the plan shows green and the run does not."""
     total = 0.0
     for on, off in planned:
-        a, b = max(on, 0.0), min(off, horizon)
+        a, b = max(on, start), min(off, end)
         if b > a:
             total += (b - a) - sum(max(0.0, min(b, off2) - max(a, on2)) for on2, off2 in actual)
     return total
@@ -99,8 +114,9 @@ def signal_metrics(
                 change, change_s = "early_green", nxt - green[0]
             if change_s == 0.0:
                 change = "none"
+        start, end = preemption_window(ctrl, horizon)
         forced = sum(
-            red_against_plan(planned.green_log.get(g, []), ctrl.green_log.get(g, []), horizon)
+            red_against_plan(planned.green_log.get(g, []), ctrl.green_log.get(g, []), start, end)
             for g in ctrl.program.groups
             if g != p.group
         )
