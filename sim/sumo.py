@@ -36,6 +36,7 @@ from sim.controller import Aspect, SignalController
 from sim.nmea_out import epoch_sentences
 from sim.scenario import EngineConfig, Scenario
 from sim.street import EngineTrip, SignalPassage, TrajectoryPoint
+from sim.sumo_demand import background_vehicles, vehicles_xml
 from sim.sumo_export import SUMO_STATE, SumoExportError, SumoNetwork, export_network, sumo_binary
 
 STOPPED_SPEED = 0.1  # m/s; slower counts as standing (SUMO's waitingTime)
@@ -239,11 +240,21 @@ class SumoStreet:
 
     def _demand_xml(self) -> str:
         e = self.engine_cfg
-        vid = e.vehicle
         # SUMO inserts a vehicle at the end of the step at its departure time, so it first
         # moves one step later; inserting it one step early makes it move from depart_s on,
         # as the in-process engine does.
         depart = max(0.0, e.depart_s - self.step_s)
+        engine = [
+            f'  <vehicle id="{e.vehicle}" type="{ENGINE_TYPE}" depart="{depart:.2f}" '
+            'departPos="0" departSpeed="0" departLane="0">'
+            f'<route edges="{" ".join(self.route_edges.edges)}"/></vehicle>'
+        ]
+        background = background_vehicles(
+            self.scenario, self.network, self.scenario.scenario.time_limit_s
+        )
+        cars = vehicles_xml(background, self.step_s)
+        # Vehicles in order of departure, as SUMO reads them; the engine first at a tie.
+        k = sum(1 for v in background if v.depart < depart)
         lines = [
             "<routes>",
             f'  <vType id="{ENGINE_TYPE}" vClass="emergency" carFollowModel="Krauss" '
@@ -251,12 +262,13 @@ class SumoStreet:
             f'emergencyDecel="{2 * e.decel}" apparentDecel="{e.decel}" '
             f'maxSpeed="{e.max_speed_kmh / 3.6:.4f}" length="{e.length_m}" minGap="1.0" '
             'speedFactor="1" speedDev="0" guiShape="firebrigade" color="red"/>',
-            f'  <vehicle id="{vid}" type="{ENGINE_TYPE}" depart="{depart:.2f}" '
-            'departPos="0" departSpeed="0" departLane="0">',
-            f'    <route edges="{" ".join(self.route_edges.edges)}"/>',
-            "  </vehicle>",
+            cars[0],
+            *cars[1 : k + 1],
+            *engine,
+            *cars[k + 1 :],
             "</routes>",
         ]
+        self.background = len(background)
         return "\n".join(lines) + "\n"
 
     def _check_links(self) -> None:

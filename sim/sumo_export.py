@@ -83,7 +83,9 @@ class SignalLinks:
     intersection: str
     tl_id: str
     groups: tuple[str, ...]  # group of link index i
-    cross_in: tuple[str, ...]  # the cross street's incoming edges (for background demand)
+    cross_in: tuple[str, ...]  # the cross street's incoming edges
+    # Background demand: the scenario's approach name -> (incoming, outgoing edge).
+    demand_edges: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,34 @@ def build_edges(
     return edges, route_edges, node_ids
 
 
+@dataclass
+class _Junction:
+    """Adds arms (nodes) and through movements (edge pairs) to one signalised node."""
+
+    intersection: str
+    node: str
+    xy: tuple[float, float]
+    speed: float
+    nodes: dict[str, tuple[float, float, str | None]]
+    edges: dict[str, SumoEdge]
+    connections: list[tuple[str, str]]
+    groups: list[str]
+
+    def arm(self, name: str, ax: float, ay: float) -> str:
+        nid = f"{self.intersection}.{name}"
+        self.nodes[nid] = (ax, ay, None)
+        return nid
+
+    def movement(self, name: str, start: str, end: str, group: str) -> tuple[str, str]:
+        e_in, e_out = f"{self.intersection}.{name}in", f"{self.intersection}.{name}out"
+        a, b = self.nodes[start][:2], self.nodes[end][:2]
+        self.edges[e_in] = SumoEdge(e_in, start, self.node, (a, self.xy), CROSS_ARM_M, self.speed)
+        self.edges[e_out] = SumoEdge(e_out, self.node, end, (self.xy, b), CROSS_ARM_M, self.speed)
+        self.connections.append((e_in, e_out))
+        self.groups.append(group)
+        return e_in, e_out
+
+
 def _cross_group(program: SignalProgram, route_groups: set[str]) -> str | None:
     for st in program.stages:
         for g in sorted(st.groups):
@@ -271,6 +301,7 @@ def export_network(
 
     # Signalised nodes: the node at each signal's stop line, with the route edges into it.
     through: dict[str, list[tuple[str, str, str]]] = {}  # intersection -> (in, out, group)
+    approach_edges: dict[str, dict[str, tuple[str, str]]] = {}  # intersection -> approach
     node_of: dict[str, str] = {}
     heading_at: dict[str, float] = {}
     xy_at: dict[str, tuple[float, float]] = {}
@@ -314,6 +345,7 @@ def export_network(
                     f"intersection {sig.intersection!r}: approach {sig.approach!r} maps to no "
                     "signal group of its program; check the scenario's 'approaches'"
                 )
+            approach_edges.setdefault(sig.intersection, {})[sig.approach] = (e_in, e_out)
             entry = (e_in, e_out, group)
             if entry not in through.setdefault(sig.intersection, []):
                 through[sig.intersection].append(entry)
@@ -335,32 +367,45 @@ def export_network(
         for e_in, e_out, _ in moves:
             connections.append((e_in, e_out))
         cross = _cross_group(program, set(groups))
+        demand_edges = dict(approach_edges[iid])
+        ic = next(c for c in scenario.intersections if c.id == iid)
+        unplaced = [d for d in ic.demand if d.approach not in demand_edges]
+        # Demand served by a route's group comes the other way along the route's street
+        # (the opposite approach); the rest comes in on the cross street's arms, in turn,
+        # each arm then driven by that demand's group.
+        opposite = [d for d in unplaced if ic.group_of(d) in groups]
+        cross_demand = [d for d in unplaced if ic.group_of(d) not in groups]
+        arm_groups = [ic.group_of(d) for d in cross_demand[:2]]
+        if cross is None and arm_groups:
+            cross = arm_groups[0]
+        arm_groups += [cross or ""] * (2 - len(arm_groups))
+        h = math.radians(heading_at[iid])
+        fx, fy = math.sin(h), math.cos(h)  # direction of travel (heading is from north)
+        lx, ly = -fy, fx  # to its left
+        speed = max(speed_for.values())
+
+        j = _Junction(iid, node, (x, y), speed, nodes, edges, connections, groups)
         cross_in: list[str] = []
         if cross is not None:
-            h = math.radians(heading_at[iid])
-            # Unit vector to the left of the direction of travel (heading is from north).
-            lx, ly = -math.cos(h), math.sin(h)
-            arms = {}
-            for side, sign in (("L", 1.0), ("R", -1.0)):
-                arm = f"{iid}.{side}"
-                ax, ay = x + sign * CROSS_ARM_M * lx, y + sign * CROSS_ARM_M * ly
-                nodes[arm] = (ax, ay, None)
-                arms[side] = arm
-            speed = max(speed_for.values())
-            for a, b in (("L", "R"), ("R", "L")):
-                e_in, e_out = f"{iid}.{a}in", f"{iid}.{b}out"
-                edges[e_in] = SumoEdge(
-                    e_in, arms[a], node, (nodes[arms[a]][:2], (x, y)), CROSS_ARM_M, speed
-                )
-                edges[e_out] = SumoEdge(
-                    e_out, node, arms[b], ((x, y), nodes[arms[b]][:2]), CROSS_ARM_M, speed
-                )
-                connections.append((e_in, e_out))
-                groups.append(cross)
-                cross_in.append(e_in)
+            left = j.arm("L", x + CROSS_ARM_M * lx, y + CROSS_ARM_M * ly)
+            right = j.arm("R", x - CROSS_ARM_M * lx, y - CROSS_ARM_M * ly)
+            arms = [
+                j.movement("L", left, right, arm_groups[0]),
+                j.movement("R", right, left, arm_groups[1]),
+            ]
+            cross_in = [a for a, _ in arms]
+            for k, d in enumerate(cross_demand):
+                demand_edges[d.approach] = arms[k % 2]
+        if opposite:
+            # The opposite carriageway, a lane's width to the left of the route.
+            ahead = j.arm("F", x + CROSS_ARM_M * fx + 3.5 * lx, y + CROSS_ARM_M * fy + 3.5 * ly)
+            behind = j.arm("B", x - CROSS_ARM_M * fx + 3.5 * lx, y - CROSS_ARM_M * fy + 3.5 * ly)
+            move = j.movement("O", ahead, behind, ic.group_of(opposite[0]))
+            for d in opposite:
+                demand_edges[d.approach] = move
         for idx, (e_in, e_out) in enumerate(connections[-len(groups) :]):
             tl_links.append((e_in, e_out, iid, idx))
-        signals[iid] = SignalLinks(iid, iid, tuple(groups), tuple(cross_in))
+        signals[iid] = SignalLinks(iid, iid, tuple(groups), tuple(cross_in), demand_edges)
 
     _write_plain(
         directory, nodes, edges, connections, tl_links, signals, programs, scenario.scenario.step_s

@@ -29,8 +29,16 @@ needs_sumo = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def demo() -> Loaded:
+def demo_traffic() -> Loaded:
     return load(DEMO_DIR / "scenario.toml")
+
+
+@pytest.fixture(scope="module")
+def demo(demo_traffic: Loaded) -> Loaded:
+    """The demo corridor without background traffic: the 2 s / 2 % bar applies."""
+    scen, dep, routes = demo_traffic
+    ics = [ic.model_copy(update={"demand": []}) for ic in scen.intersections]
+    return scen.model_copy(update={"intersections": ics}), dep, routes
 
 
 # -- export -------------------------------------------------------------------------------
@@ -63,11 +71,11 @@ def test_exported_lanes_are_as_long_as_the_routes_and_end_at_the_stop_lines(
 
 @needs_sumo
 def test_route_and_cross_street_movements_are_driven_by_their_groups(
-    demo: Loaded, tmp_path: Path
+    demo_traffic: Loaded, tmp_path: Path
 ) -> None:
     import sumolib
 
-    scen, _, routes = demo
+    scen, _, routes = demo_traffic
     exported = export_network(scen, routes, tmp_path)
     net = sumolib.net.readNet(str(exported.net_file))
     route_edges = {e for r in exported.routes.values() for e in r.edges}
@@ -75,10 +83,14 @@ def test_route_and_cross_street_movements_are_driven_by_their_groups(
         by_index = {idx: lane_in for lane_in, _, idx in net.getTLS(links.tl_id).getConnections()}
         assert sorted(by_index) == list(range(len(links.groups)))
         for idx, lane_in in by_index.items():
-            on_route = lane_in.getEdge().getID() in route_edges
+            edge = lane_in.getEdge().getID()
+            on_street = edge in route_edges or edge == f"{iid}.Oin"  # route or opposite
             # The demo's programs: group A serves the route's street, B the cross street.
-            assert links.groups[idx] == ("A" if on_route else "B"), (iid, idx)
+            assert links.groups[idx] == ("A" if on_street else "B"), (iid, idx)
         assert len(links.cross_in) == 2
+        # Every approach with demand has its way through the intersection.
+        ic = next(c for c in scen.intersections if c.id == iid)
+        assert set(links.demand_edges) == {d.approach for d in ic.demand}
 
 
 def _corridor_doc(
@@ -309,3 +321,48 @@ def test_comparison_fails_beyond_the_bar_and_passes_within() -> None:
     assert sweep.difference == pytest.approx(40 / 300)
     assert sweep.passed
     assert not compare_sweep([ref], [_trip([], 116.0)]).passed
+
+
+# -- background traffic -------------------------------------------------------------------
+
+
+def _with_demand(demo: Loaded, route_veh_h: float, cross_veh_h: float) -> Loaded:
+    from sim.scenario import DemandConfig
+
+    scen, dep, routes = demo
+    demand = [
+        DemandConfig(approach="1", veh_h=route_veh_h),
+        DemandConfig(approach="cross", group="B", veh_h=cross_veh_h),
+    ]
+    ics = [ic.model_copy(update={"demand": demand}) for ic in scen.intersections]
+    return scen.model_copy(update={"intersections": ics}), dep, routes
+
+
+def test_background_arrivals_are_the_in_process_queues_own() -> None:
+    from sim.controller import SignalController
+    from sim.sumo_demand import arrival_times
+    from sim.traffic import ApproachQueue, ArrivalKind
+
+    ctrl = SignalController(
+        "K1", demo_program := load(DEMO_DIR / "scenario.toml")[0].intersections[0].program()
+    )
+    queue = ApproachQueue("K1", "1", "A", 500.0, [], seed=7)  # never green: all queue up
+    ours = arrival_times(7, "K1", "1", 500.0, ArrivalKind.POISSON, 600.0)
+    queue.advance_to(600.0)
+    assert queue.arrived == len(ours) > 50
+    assert ctrl.program == demo_program
+
+
+@needs_sumo
+def test_with_traffic_the_sweep_mean_travel_time_agrees_within_15_percent(
+    demo: Loaded,
+) -> None:
+    loaded = _with_demand(demo, 600.0, 600.0)
+    departures = [10.0, 31.0, 52.0, 73.0]
+    ours = [run_inprocess(loaded, preempt=False, depart_s=d) for d in departures]
+    theirs = [run_sumo(loaded, preempt=False, depart_s=d) for d in departures]
+    sweep = compare_sweep(ours, theirs)
+    assert sweep.passed, sweep.to_json()
+    # The queues cost the engine time in both models against the empty street.
+    empty = [run_sumo(demo, preempt=False, depart_s=d) for d in departures]
+    assert sum(t.travel_time for t in theirs) > sum(t.travel_time for t in empty)
