@@ -21,7 +21,7 @@ from sim.controller import SignalController
 from sim.street import EngineTrip
 
 COLOURS = {"green": "#2ca02c", "yellow": "#ffbf00", "red": "#d62728"}
-BAR_M = 12.0  # thickness of a signal bar in metres on the diagram
+BAR_SHARE = 0.018  # thickness of a signal bar as a share of the route length
 
 
 def _states(
@@ -56,15 +56,16 @@ def time_space(
     depart = runs[0][1].depart
     end = max(r[1].arrival for r in runs) - depart + 10.0
     groups = {p.intersection: p.group for r in runs for p in r[1].passages}
+    bar = BAR_SHARE * max(r[1].route_length for r in runs)
     for k, (label, trip, ctrls, style) in enumerate(runs):
-        offset = BAR_M / 2 if k == 0 else -BAR_M / 2
+        offset = bar / 2 if k == 0 else -bar / 2
         for ix, s in stop_lines.items():
             if ix not in groups or ix not in ctrls:
                 continue
             for a, b, colour in _states(ctrls[ix], groups[ix], depart, depart + end):
                 ax.broken_barh(
                     [(a - depart, b - a)],
-                    (s + offset - BAR_M / 2 + (1 if k == 0 else -1), BAR_M - 2),
+                    (s + offset - bar / 2, bar * 0.9),
                     facecolors=COLOURS[colour],
                     alpha=0.85 if k == 0 else 0.45,
                     linewidth=0,
