@@ -47,13 +47,15 @@ def run_sim_command(args: argparse.Namespace) -> int:
     c = compare(setup)
     doc = comparison_json(c)
     doc["scenario"] = setup.scenario.scenario.name
+    runs = []
     if args.sweep:
         show = not args.json and sys.stderr.isatty()
         runs = sweep(setup, args.sweep, progress=_progress if show else None)
         doc["sweep"] = sweep_json(runs)
         doc["violations"] = doc["violations"] + doc["sweep"]["violations"]
     if args.sumo:
-        doc.update(_sumo(setup))
+        deps = [c.engine.depart_s for c in runs] if args.sweep else []
+        doc.update(_sumo(setup, deps))
     if args.plot:
         from sim.plot import time_space
 
@@ -76,17 +78,18 @@ def run_sim_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sumo(setup: Any) -> dict[str, Any]:
-    """Integration point for the SUMO backend (sim.sumo.run_sumo), when it is installed."""
-    if importlib.util.find_spec("sim.sumo") is None:
-        return {"sumo": {"error": "sim.sumo is not available in this installation"}}
-    import sim.sumo as sumo_backend
+def _sumo(setup: Any, departures: list[float]) -> dict[str, Any]:
+    """The SUMO backend's part of the report ("sumo", "agreement"), when it is installed.
 
-    run_sumo = getattr(sumo_backend, "run_sumo", None)
-    if run_sumo is None:
-        return {"sumo": {"error": "sim.sumo has no run_sumo()"}}
-    result = run_sumo(setup)
-    return result if isinstance(result, dict) and "sumo" in result else {"sumo": result}
+    Integration point: ``preemption.sumo_run.sumo_section`` (the SUMO helper's API).
+    """
+    if importlib.util.find_spec("preemption.sumo_run") is None:
+        return {"sumo": {"error": "the SUMO backend (preemption.sumo_run) is not installed"}}
+    from preemption.sumo_run import sumo_section
+
+    loaded = (setup.scenario, setup.deployment, setup.routes)
+    section: dict[str, Any] = sumo_section(loaded, preempt=True, departures=departures)
+    return section
 
 
 def table(doc: dict[str, Any]) -> list[str]:

@@ -226,7 +226,9 @@ class Corridor:
             arrival=arrival,
             route_length=self.route.length,
             travel_time=travel,
-            time_loss=travel - free_flow_time(e.spec, self.route.length),
+            # tripinfo's timeLoss: against the whole route at maximum speed (so the
+            # acceleration from standstill counts as loss, as in SUMO).
+            time_loss=travel - self.route.length / e.spec.max_speed,
             waiting_time=e.stopped_s,
             stops=e.stops,
             passages=[
