@@ -18,10 +18,12 @@ the ``sumo`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,18 +203,30 @@ def _via_length(net: Any, via: str) -> float:
 
 
 def find_netconvert() -> Path | None:
-    """SUMO's netconvert: on PATH, else in the eclipse-sumo package, else None."""
+    """SUMO's netconvert: on PATH, next to this Python (a virtualenv), under $SUMO_HOME,
+    or in the eclipse-sumo package; None when none of these has it."""
+    candidates: list[Path] = []
     found = shutil.which("netconvert")
     if found:
-        return Path(found)
-    home = os.environ.get("SUMO_HOME")
-    if not home:
-        try:
-            home = str(importlib.import_module("sumo").SUMO_HOME)  # the eclipse-sumo wheel
-        except ImportError:
-            return None
-    candidate = Path(home) / "bin" / "netconvert"
-    return candidate if candidate.exists() else None
+        candidates.append(Path(found))
+    candidates.append(Path(sys.executable).parent / "netconvert")
+    if os.environ.get("SUMO_HOME"):
+        candidates.append(Path(os.environ["SUMO_HOME"]) / "bin" / "netconvert")
+    try:
+        home = importlib.import_module("sumo").SUMO_HOME  # the eclipse-sumo wheel
+        candidates.append(Path(str(home)) / "bin" / "netconvert")
+    except ImportError:
+        pass
+    return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+def _sumo_env() -> dict[str, str]:
+    """The environment for netconvert, with a SUMO_HOME that has its type maps."""
+    env = dict(os.environ)
+    if not (Path(env.get("SUMO_HOME", "")) / "data" / "typemap").is_dir():
+        with contextlib.suppress(ImportError):
+            env["SUMO_HOME"] = str(importlib.import_module("sumo").SUMO_HOME)
+    return env
 
 
 def convert_osm(osm: Path, target: Path, timeout_s: float = 600.0) -> Path:
@@ -233,7 +247,9 @@ def convert_osm(osm: Path, target: Path, timeout_s: float = 600.0) -> Path:
         *NETCONVERT_OSM_OPTIONS,
     ]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=_sumo_env()
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RoadNetworkError(f"{osm}: netconvert did not run: {exc}") from None
     if done.returncode != 0 or not target.exists():
