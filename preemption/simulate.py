@@ -42,7 +42,11 @@ from sim.street import EngineTrip, Street
 from sim.traffic import ApproachQueue
 from sim.world import Corridor, free_flow_time
 
-BUNDLED_SCENARIO = Path(__file__).resolve().parent.parent / "config/scenarios/demo/scenario.toml"
+SCENARIOS = Path(__file__).resolve().parent.parent / "config/scenarios"
+# The default of `preemption sim` and `preemption demo`: the real-city scenario.
+BUNDLED_SCENARIO = SCENARIOS / "berlin/scenario.toml"
+# The synthetic corridor on which the simulator's own targets are stated.
+CORRIDOR_SCENARIO = SCENARIOS / "demo/scenario.toml"
 END_FIXES = 3  # epochs still reported after the engine reached the end of its route
 
 # (engine, red crossing allowed) -> a fresh street with that engine on it
@@ -375,6 +379,7 @@ def sweep_json(runs: list[Comparison]) -> dict[str, Any]:
 
 __all__ = [
     "BUNDLED_SCENARIO",
+    "CORRIDOR_SCENARIO",
     "Comparison",
     "RunResult",
     "Setup",

@@ -12,6 +12,7 @@ routes/ must not import the simulator.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 from routes.build import BuiltRoute, PathSignal
 from routes.programs import ProgramData, group_name
+from routes.roadnet import TlApproach
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +60,51 @@ def intersection_ids(
     return ids
 
 
-def transition_estimate(p: ProgramData) -> float:
-    """Worst case to green from the program alone: a minimum green, then the intergreen."""
-    return round(min(180.0, p.min_green_s + p.yellow_s + p.all_red_s), 1)
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Background traffic to write: per traffic light its approaches, and the rates."""
+
+    approaches: Mapping[str, Sequence[TlApproach]]  # SUMO TL id -> streets entering it
+    route_veh_h: float
+    other_veh_h: float
+    max_saturation: float  # highest degree of saturation (flow / capacity) on an approach
+    saturation_flow_veh_h: float = 1800.0  # one lane, 2 s headway
+
+
+def capped_rate(rate: float, group: str, program: ProgramData, demand: Demand) -> float:
+    """``rate``, or less where the group's share of green could not serve it: an
+    oversaturated approach queues without end, in the baseline and with pre-emption."""
+    change = program.yellow_s + program.all_red_s
+    cycle = sum(st.green_s for st in program.stages) + len(program.stages) * change
+    capacity = demand.saturation_flow_veh_h * program.group_green_s(group) / cycle
+    return round(min(rate, demand.max_saturation * capacity), 0)
+
+
+START_UP_LOSS_S = 2.0
+HEADWAY_S = 2.0
+
+
+def transition_estimate(p: ProgramData, queue_clearance_s: float = 0.0) -> float:
+    """Worst case to green from the program alone (a minimum green, then the
+    intergreen), plus the time the queue ahead of the engine needs to clear."""
+    return round(min(180.0, p.min_green_s + p.yellow_s + p.all_red_s + queue_clearance_s), 1)
+
+
+def queue_clearance(p: ProgramData, group: str, demand: Demand | None) -> float:
+    """Seconds a typical queue on the route's approach needs to discharge once green:
+    the vehicles that arrive during the group's red (mean plus one standard deviation
+    of Poisson arrivals), at the saturation headway after the start-up loss.
+
+    The engine can go no faster than the queue in front of it; asking for green this
+    much earlier is what clears its way (queue clearance). 0 without demand."""
+    if demand is None:
+        return 0.0
+    change = p.yellow_s + p.all_red_s
+    cycle = sum(st.green_s for st in p.stages) + len(p.stages) * change
+    red = max(cycle - p.group_green_s(group), 0.0)
+    rate = capped_rate(demand.route_veh_h, group, p, demand)
+    queued = rate * red / 3600.0
+    return START_UP_LOSS_S + HEADWAY_S * (queued + math.sqrt(queued))
 
 
 def signal_entries(
@@ -69,6 +113,7 @@ def signal_entries(
     programs: Mapping[str, ProgramData],
     names: Mapping[str, str],
     to_lonlat: Any,
+    demand: Demand | None = None,
 ) -> list[SignalEntry]:
     """Signals grouped by (intersection, approach): one feature per stop line."""
     order: list[tuple[str, str]] = []
@@ -96,7 +141,10 @@ def signal_entries(
                 routes=tuple(members[key]),
                 links=s.link_indices,
                 lonlat=to_lonlat(*s.stop_xy),
-                transition_s=transition_estimate(programs[s.tl]),
+                transition_s=transition_estimate(
+                    programs[s.tl],
+                    queue_clearance(programs[s.tl], group_name(s.link_indices[0]), demand),
+                ),
                 also=tuple(s.also),
             )
         )
@@ -232,7 +280,37 @@ def deployment_toml(
     return "\n".join(lines)
 
 
-def intersections_toml(signals: Sequence[SignalEntry], programs: Mapping[str, ProgramData]) -> str:
+def demand_lines(entries: Sequence[SignalEntry], program: ProgramData, demand: Demand) -> list[str]:
+    """``demand = [...]``: the routes' approaches at ``route_veh_h``, every other street
+    entering the junction at ``other_veh_h`` on its through movement's signal group
+    (streets whose movements the program never shows green are left out); each capped
+    at ``max_saturation`` of what its green can serve."""
+    green = {g for st in program.stages for g in st.groups}
+    own = {e.approach: group_name(e.links[0]) for e in entries}
+    items = []
+    for edge, group in own.items():
+        rate = capped_rate(demand.route_veh_h, group, program, demand)
+        items.append(
+            f"{{ approach = {toml_str(edge)}, veh_h = {rate}, "
+            f"name = {toml_str('route approach')} }}"
+        )
+    for ap in demand.approaches.get(program.tl, ()):
+        group = group_name(ap.link_index)
+        if ap.edge in own or group not in green:
+            continue
+        rate = capped_rate(demand.other_veh_h, group, program, demand)
+        items.append(
+            f"{{ approach = {toml_str(ap.edge)}, group = {toml_str(group)}, "
+            f"veh_h = {rate}, name = {toml_str(ap.name or ap.edge)} }}"
+        )
+    return ["demand = [", *(f"  {i}," for i in items), "]"]
+
+
+def intersections_toml(
+    signals: Sequence[SignalEntry],
+    programs: Mapping[str, ProgramData],
+    demand: Demand | None = None,
+) -> str:
     """``[[intersections]]`` tables, one per intersection, from the SUMO programs."""
     seen: dict[str, list[SignalEntry]] = {}
     for s in signals:
@@ -258,6 +336,7 @@ def intersections_toml(signals: Sequence[SignalEntry], programs: Mapping[str, Pr
             f"min_green_s = {float(p.min_green_s)}",
             f"approaches = {{ {approaches} }}",
             f"stages = [\n  {stages},\n]",
+            *(demand_lines(entries, p, demand) if demand is not None else []),
             "",
         ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from routes.build import BuiltRoute, build_route
 from routes.buildout import (
+    Demand,
     SignalEntry,
     deployment_toml,
     intersection_ids,
@@ -49,7 +50,16 @@ def run_build(spec_path: Path | str, out_dir: Path | None = None) -> BuildReport
     )
     ids = intersection_ids(routes, spec.signals.id_prefix, spec.signals.names)
     names = {tl: rn.junction_name(tl) for tl in ids if tl in rn.signalised}
-    signals = signal_entries(routes, ids, programs, names, rn.to_lonlat)
+    demand = None
+    if spec.scenario is not None and spec.scenario.demand is not None:
+        d = spec.scenario.demand
+        demand = Demand(
+            approaches={tl: rn.approaches(tl) for tl in sorted(rn.signalised)},
+            route_veh_h=d.route_veh_h,
+            other_veh_h=d.other_veh_h,
+            max_saturation=d.max_saturation,
+        )
+    signals = signal_entries(routes, ids, programs, names, rn.to_lonlat, demand)
     used_tls = {s.tl for s in signals}
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -76,7 +86,7 @@ def run_build(spec_path: Path | str, out_dir: Path | None = None) -> BuildReport
     )
     written.append(dep_path)
 
-    inter = intersections_toml(signals, programs)
+    inter = intersections_toml(signals, programs, demand)
     if spec.scenario is None:
         prog_path = out / spec.output.programs
         prog_path.write_text(inter, encoding="utf-8")

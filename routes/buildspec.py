@@ -79,8 +79,20 @@ class DeploymentSpec(_Strict):
     vehicles: list[VehicleSpec] = Field(min_length=1)
 
 
+class DemandSpec(_Strict):
+    """Background traffic written into the scenario for every signalised junction."""
+
+    route_veh_h: Annotated[float, Field(ge=0, le=3600)] = 450.0  # the routes' own approaches
+    other_veh_h: Annotated[float, Field(ge=0, le=3600)] = 300.0  # every other approach
+    # No approach gets more than this share of what its green can serve (1800 veh/h
+    # of green): the programs are netconvert's, and an oversaturated approach would
+    # queue without end.
+    max_saturation: Annotated[float, Field(gt=0, le=1.0)] = 0.7
+
+
 class ScenarioSpec(_Strict):
     name: str = Field(min_length=1)
+    demand: DemandSpec | None = None
     start_utc: str = "2026-11-28T08:00:00Z"
     depart_s: Annotated[float, Field(ge=0)] = 10.0
     spacing_s: Annotated[float, Field(ge=0)] = 600.0  # between the engines' departures

@@ -71,6 +71,15 @@ class Link:
     direction: str  # SUMO's s, l, r, t, L, R
 
 
+@dataclass(frozen=True, slots=True)
+class TlApproach:
+    """A street entering a signalised junction: the edge, its name, the through link."""
+
+    edge: str
+    name: str
+    link_index: int
+
+
 @dataclass
 class RoadNetwork:
     """A SUMO network and its edge graph for one vehicle class."""
@@ -95,6 +104,30 @@ class RoadNetwork:
     def to_xy(self, lon: float, lat: float) -> tuple[float, float]:
         x, y = self.net.convertLonLat2XY(lon, lat)
         return float(x), float(y)
+
+    def approaches(self, tl: str) -> list[TlApproach]:
+        """The streets entering the junction(s) of a traffic light from outside, each with
+        the link index of its through movement (or its first signalised movement when it
+        has no through one), in link-index order.
+
+        Edges between two junctions of one joined traffic light (the median of a dual
+        carriageway) are no approach: traffic on them came in on another.
+        """
+        inner = {
+            link.junction for a, b in self.graph.edges for link in self.links(a, b) if link.tl == tl
+        }
+        found: dict[str, list[Link]] = {}
+        for a, b in self.graph.edges:
+            for link in self.links(a, b):
+                if link.tl == tl and self.edge(a).getFromNode().getID() not in inner:
+                    found.setdefault(a, []).append(link)
+        out = []
+        for edge_id, links in found.items():
+            through = [k for k in links if k.direction == "s"] or links
+            index = min(k.link_index for k in through)
+            name = str(self.graph.nodes[edge_id]["name"])
+            out.append(TlApproach(edge_id, name, index))
+        return sorted(out, key=lambda a: a.link_index)
 
     def junction_name(self, tl: str) -> str:
         """The street names meeting at a traffic light, for operators ("A / B")."""

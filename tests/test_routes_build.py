@@ -236,3 +236,73 @@ def test_program_conversion_invariants(phases: list[tuple[float, float | None, s
     assert all(stg.green_s >= p.min_green_s for stg in p.stages)
     assert p.yellow_s > 0
     assert p.all_red_s >= 0
+
+
+def test_demand_covers_every_approach_and_stays_below_capacity(built: BuildReport) -> None:
+    _, _, scen_file = built.written
+    scen, _ = load_scenario(scen_file, adapters={"simlink", "log"})
+    rn = built.network
+    for inter in scen.intersections:
+        assert inter.demand, f"{inter.id}: no background traffic written"
+        prog = inter.program()
+        for d in inter.demand:
+            group = inter.group_of(d)
+            green = sum(s.green_s for s in prog.stages if group in s.groups)
+            capacity = 1800.0 * green / prog.cycle_s
+            assert 0 < d.veh_h <= 0.7 * capacity + 0.5, (inter.id, d)
+        own = {d.approach for d in inter.demand if d.name == "route approach"}
+        assert own == set(inter.approaches)
+        # every other street entering the junction from outside has its own demand
+        tl = next(s.tl for s in built.signals if s.intersection == inter.id)
+        served = {g for s in prog.stages for g in s.groups}
+        others = {
+            a.edge for a in rn.approaches(tl) if a.edge not in own and f"L{a.link_index}" in served
+        }
+        assert {d.approach for d in inter.demand} - own == others
+
+
+def test_queue_clearance_lengthens_the_transition(tmp_path: Path) -> None:
+    """With demand the transition time a route signal asks for includes the queue's
+    discharge; without, it is the program's minimum green plus intergreen."""
+    spec = _copy_spec("braunschweig", tmp_path)
+    with_demand = run_build(spec, tmp_path / "with")
+    text = spec.read_text(encoding="utf-8")
+    plain = "\n".join(ln for ln in text.splitlines() if not ln.startswith("demand ="))
+    spec.write_text(plain, encoding="utf-8")
+    without = run_build(spec, tmp_path / "without")
+    for a, b in zip(with_demand.signals, without.signals, strict=True):
+        assert a.transition_s >= b.transition_s + 2.0  # at least the start-up loss
+    scen, _ = load_scenario(tmp_path / "without" / "scenario.toml", adapters={"simlink"})
+    assert all(not i.demand for i in scen.intersections)
+
+
+@given(
+    st.floats(0, 1800),
+    st.floats(0, 1800),
+    st.floats(5, 60),
+    st.floats(5, 60),
+)
+def test_queue_clearance_grows_with_demand(
+    rate_a: float, rate_b: float, green_a: float, green_b: float
+) -> None:
+    from routes.buildout import Demand, queue_clearance
+    from routes.programs import ProgramData, StageData
+
+    prog = ProgramData(
+        tl="T",
+        program_id="0",
+        kind="static",
+        stages=(StageData(("L0",), green_a), StageData(("L1",), green_b)),
+        yellow_s=3.0,
+        all_red_s=2.0,
+        min_green_s=5.0,
+    )
+    lo, hi = sorted((rate_a, rate_b))
+
+    def clearance(rate: float) -> float:
+        return queue_clearance(prog, "L0", Demand({}, rate, rate, 0.9))
+
+    assert 2.0 <= clearance(lo) <= clearance(hi)
+    # never more than the whole red at saturation flow could have queued
+    red = green_b + 2 * 5.0
+    assert clearance(hi) <= 2.0 + 2.0 * (red / 2.0 + (red / 2.0) ** 0.5) + 1e-9
