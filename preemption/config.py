@@ -63,6 +63,9 @@ class PlannerConfig(_Strict):
     )
     emergency_rule: Literal["any", "all"] = "any"  # of the sources above
     incident_radius_m: Annotated[float, Field(gt=0, le=20_000)] = 1500.0  # route end to incident
+    # Before the matcher commits, signals of the route dispatch named are asked for
+    # while the matcher holds that route at least this likely (1.0: never).
+    dispatch_confidence: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 class VehicleConfig(_Strict):

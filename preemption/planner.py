@@ -256,12 +256,29 @@ class Planner:
                 out += self._end(claim, ClaimState.CANCELLED, f"not on route {pos.route}")
             elif pos.distance_m > sig.stop_line_m + self.config.clearing_distance_m:
                 out += self._end(claim, ClaimState.COMPLETED, "passed the stop line")
+        dispatched = self._dispatched_route(v, pos)
         for eta in pos.etas[: self.config.look_ahead]:
-            if pos.committed is None and not eta.shared:
+            if pos.committed is None and not eta.shared and not dispatched:
                 continue
             sig = signals.get(eta.intersection)
             out += self._consider(pos.vehicle, v, eta, sig, now)
         return out
+
+    def _dispatched_route(self, v: _Vehicle, pos: RoutePosition) -> bool:
+        """Is the engine, not yet committed, most likely on the route dispatch named?
+
+        Then the signals past the next branch point may be asked for already: at a
+        fork just before a signal, waiting for the commitment would leave that signal
+        no time to turn green. If the engine takes the other branch, the matcher's
+        best route changes and those requests are taken back at once (not on route).
+        """
+        a = v.alarm
+        return (
+            a is not None
+            and a.route is not None
+            and pos.route == a.route
+            and pos.confidence >= self.config.dispatch_confidence
+        )
 
     def on_state(self, state: SignalState) -> list[Command]:
         """What a controller reported for an intersection."""

@@ -32,6 +32,7 @@ from preemption.clock import SimClock
 from preemption.config import Deployment
 from preemption.daemon import Daemon, Dispatched
 from preemption.model import CommandKind, Fix, PreemptStatus
+from preemption.planner import Alarm
 from preemption.run import build
 from routes.geojson import RouteSet, load_routes
 from signal_adapters import registry
@@ -156,6 +157,14 @@ async def _run(
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_drive(scen, street, clock, lines, watch, engine))
         tg.create_task(daemon.run([_receiver(lines, engine.vehicle)]))
+        if scen.preemption.dispatch:
+            tg.create_task(_dispatch(daemon, clock, engine))
+
+
+async def _dispatch(daemon: Daemon, clock: SimClock, engine: EngineConfig) -> None:
+    """Dispatch's alarm with the engine's route, the turnout time before it rolls."""
+    await clock.sleep(max(0.0, engine.depart_s - daemon.planner.config.turnout_s))
+    daemon.alarm(Alarm(engine.vehicle, engine.route))
 
 
 async def _drive(

@@ -360,6 +360,11 @@ def scenario_toml(
         f"deployment = {toml_str(deployment_file)}",
         f"start_utc = {start_utc}",
         "",
+        "[preemption]",
+        "# Dispatch knows the incident's address, so its alarm names the approach route:",
+        "# the matcher starts with that prior and the planner may ask past branch points.",
+        "dispatch = true",
+        "",
     ]
     for vehicle, route, depart in engines:
         lines += [

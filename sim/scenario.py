@@ -181,6 +181,11 @@ class PreemptionConfig(_Strict):
     """The pre-emption configuration under test: overrides of the deployment's planner."""
 
     planner: dict[str, Any] = Field(default_factory=dict)
+    dispatch: bool = Field(
+        default=False,
+        description="dispatch alarms each engine with its route, turnout_s before it departs "
+        "(the matcher's prior, station-exit arming, requests past forks on the named route)",
+    )
 
 
 class Scenario(_Strict):

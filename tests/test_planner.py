@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from preemption.clock import SimClock
 from preemption.config import PlannerConfig
 from preemption.model import Command, CommandKind, PreemptStatus, SignalState
-from preemption.planner import ClaimState, Planner
+from preemption.planner import Alarm, ClaimState, Planner
 from routes.geojson import RouteSet, load_routes
 from routes.matcher import RouteMatcher
 
@@ -216,3 +216,45 @@ def test_invariants_over_arbitrary_inputs(
     for c in run.planner.release_all("end"):
         closed.add(c.request_id)
     assert set(opened) == closed
+
+
+EARLY_ASKING = CFG.model_copy(update={"lead_margin_s": 30.0})
+
+
+def _requested_before_the_branch(run: Run, route: str) -> set[str]:
+    for s in range(900, 1160, 10):  # R1 and R2 part at about 1200 m
+        run.drive(route, float(s), speed=13.0)
+        run.tick()
+    return {c.intersection for c in run.commands if c.kind is CommandKind.REQUEST}
+
+
+def test_the_route_dispatch_named_is_asked_for_past_the_branch_before_commitment() -> None:
+    # A 30 s lead margin puts K6 (R2 only, 1550 m) within reach before the branch.
+    plain = Run(cfg=EARLY_ASKING)
+    assert "K6" not in _requested_before_the_branch(plain, "R2")
+    run = Run(cfg=EARLY_ASKING)
+    run.planner.on_alarm(Alarm(VEHICLE, route="R2"))
+    run.matcher.set_prior("R2")
+    asked = _requested_before_the_branch(run, "R2")
+    assert "K6" in asked
+    assert "K4" not in asked
+    assert run.matcher.update(fix_at(ROUTES, "R2", 1160.0, run.clock.now())).committed is None
+
+
+def test_a_wrong_dispatch_route_is_taken_back_when_the_engine_takes_the_other_branch() -> None:
+    run = Run(cfg=EARLY_ASKING)
+    run.planner.on_alarm(Alarm(VEHICLE, route="R1"))
+    run.matcher.set_prior("R1")
+    assert "K4" in _requested_before_the_branch(run, "R2")
+    for s in range(1160, 1450, 10):
+        run.drive("R2", float(s), speed=13.0)
+        run.tick()
+    k4 = [c for c in run.commands if c.intersection == "K4"]
+    assert [c.kind for c in k4][-1] is CommandKind.CANCEL
+    assert "not on route R2" in (k4[-1].reason or "")
+    assert "K6" in {c.intersection for c in run.commands if c.kind is CommandKind.REQUEST}
+    # less trust than configured: nothing past the branch
+    cautious = Run(cfg=EARLY_ASKING.model_copy(update={"dispatch_confidence": 1.0}))
+    cautious.planner.on_alarm(Alarm(VEHICLE, route="R1"))
+    cautious.matcher.set_prior("R1")
+    assert "K4" not in _requested_before_the_branch(cautious, "R2")
