@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from preemption.model import Fix, RoutePosition, SignalEta
@@ -103,10 +103,14 @@ class _Hypothesis:
     along-track error are told apart only by the speed over ground, which is far
     more precise than a position over a few seconds; at every turn the old
     along-track error shows up across the road and the filter corrects s.
+
+    Routes drawn with the very same vertices up to beyond the filter's reach (a
+    shared trunk) share one filter object: it is predicted, evaluated and
+    corrected once for all of them, and split into copies where their geometry
+    parts (each route keeps its own weight).
     """
 
     s: float
-    logw: float
     bx: float = 0.0
     by: float = 0.0
     # Covariance of (s, bx, by), upper triangle.
@@ -119,6 +123,9 @@ class _Hypothesis:
     s_out: float = 0.0  # reported distance: never backwards (a reversal is a verdict)
     proj: Projection | None = None
     innovation: float = 0.0  # last cross-track innovation
+
+    def copy(self) -> _Hypothesis:
+        return replace(self)
 
     def predict(self, travel: float, q_s: float, phi: float, q_b: float) -> None:
         self.s += travel
@@ -195,7 +202,8 @@ class RouteMatcher:
         self.prior: dict[str, float] = {}
         self.verdict = Verdict.SEARCHING
         self.counters: Counter[str] = Counter()
-        self._hyps: dict[str, _Hypothesis] = {}
+        self._hyps: dict[str, _Hypothesis] = {}  # route -> filter (shared by twins)
+        self._logw: dict[str, float] = {}  # route -> log weight
         self._committed: str | None = None
         self._time: float | None = None
         self._speed = 0.0
@@ -228,8 +236,8 @@ class RouteMatcher:
                 self._known(r)
             self.prior = {r: float(p) for r, p in prior.items() if p > 0}
         if self._hyps:
-            for r, h in self._hyps.items():
-                h.logw = math.log(self._prior(r))
+            for r in self._hyps:
+                self._logw[r] = math.log(self._prior(r))
             self._normalise()
 
     def _known(self, route: str) -> None:
@@ -274,11 +282,13 @@ class RouteMatcher:
     def _acquire(self, fix: Fix, x: float, y: float, course_ok: bool) -> bool:
         cfg = self.config
         for r in self.index.near(x, y, cfg.acquire_m):
-            h = self._start(r, x, y, fix, course_ok, math.log(self._prior(r)))
-            if h is not None:
-                self._hyps[r] = h
+            started = self._start(r, x, y, fix, course_ok)
+            if started is not None:
+                self._hyps[r] = started[0]
+                self._logw[r] = math.log(self._prior(r)) + started[1]
         if not self._hyps:
             return False
+        self._share()
         self.counters["acquired"] += 1
         self.verdict = Verdict.TRACKING
         self._speed = fix.speed or 0.0
@@ -287,9 +297,10 @@ class RouteMatcher:
         return True
 
     def _start(
-        self, route: str, x: float, y: float, fix: Fix, course_ok: bool, logw: float
-    ) -> _Hypothesis | None:
-        """A fresh filter on ``route`` from one fix, or None if the fix does not fit it."""
+        self, route: str, x: float, y: float, fix: Fix, course_ok: bool
+    ) -> tuple[_Hypothesis, float] | None:
+        """A fresh filter on ``route`` from one fix and the fix's log-likelihood under it,
+        or None if the fix does not fit the route."""
         cfg = self.config
         proj = self.index.locate(route, x, y)
         if abs(proj.offset) > cfg.acquire_m:
@@ -300,13 +311,32 @@ class RouteMatcher:
         ):
             return None  # crossing the route, or driving it the wrong way
         var = cfg.sigma_m**2
-        h = _Hypothesis(s=proj.s, logw=logw, pss=4 * var, pxx=var, pyy=var, s_out=proj.s)
+        h = _Hypothesis(s=proj.s, pss=4 * var, pxx=var, pyy=var, s_out=proj.s)
         e1, e2, s11, s12, s22, *pc = h.gate(proj, cfg.white_m**2)
         h.correct(e1, e2, s11, s12, s22, (pc[0], pc[1], pc[2]), (pc[3], pc[4], pc[5]))
-        h.logw += -0.5 * (e2 * e2 / s22)
         h.proj = proj
         h.s_out = h.s
-        return h
+        return h, -0.5 * (e2 * e2 / s22)
+
+    def _reach(self, pss: float, pxx: float, pyy: float) -> float:
+        """How far past s a filter's evaluation looks at the route (projection window,
+        corner likelihood, course match): routes with the same vertices that far
+        evolve identically."""
+        cfg = self.config
+        return max(
+            4.0 * math.sqrt(max(pss + pxx + pyy, 0.0) + cfg.white_m**2) + 10.0,
+            cfg.corner_sigmas * math.sqrt(max(pss, 0.0)) + 5.0 + cfg.corner_m,
+        )
+
+    def _share(self) -> None:
+        """Let routes whose filters are in the same state on the same vertices share
+        one filter object (after acquisition and resync)."""
+        leaders: dict[tuple[object, ...], _Hypothesis] = {}
+        for rid, h in self._hyps.items():
+            hi = h.s + self._reach(h.pss, h.pxx, h.pyy)
+            key: tuple[object, ...] = (self.index.twin(rid, hi), h.s, h.bx, h.by, h.pss)
+            key += (h.psx, h.psy, h.pxx, h.pxy, h.pyy, h.s_out)
+            self._hyps[rid] = leaders.setdefault(key, h)
 
     def _track(self, fix: Fix, x: float, y: float, dt: float, course_ok: bool) -> None:
         cfg = self.config
@@ -320,9 +350,9 @@ class RouteMatcher:
         inlier_log_prior = math.log(1.0 - cfg.outlier_prob)
         results = []
         best_inlier = -math.inf
-        memo: dict[tuple[object, ...], tuple[float, tuple[float, ...], Projection]] = {}
-        for rid, h in self._hyps.items():
-            g = self.index.geometry[rid]
+        groups = self._groups(travel, q_s, q_b)
+        for h, rids in groups:
+            g = self.index.geometry[rids[0]]
             along = travel
             if course_ok and dt <= 2.0:
                 # A vehicle turning back does not keep moving on in the filter. (Only over
@@ -331,31 +361,10 @@ class RouteMatcher:
                 if g.heading_agreement(fix.course or 0.0, h.s, reach) < -0.3:
                     along = 0.0
             h.predict(along, q_s, phi, q_b)
-            # Routes on a shared stretch drawn with the very same vertices evolve
-            # identically until the fork: evaluate such a state once for all of them.
-            sd = math.sqrt(max(h.pss, 0.0))
-            reach = max(
-                4.0 * math.sqrt(h.pss + h.pxx + h.pyy + r) + 10.0,
-                cfg.corner_sigmas * sd + 5.0 + cfg.corner_m,
-            )
-            twin = self.index.twin(rid, h.s + reach)
-            key = None
-            if twin != rid or len(self._hyps) > 1:
-                key = (twin, h.s, h.bx, h.by, h.pss, h.psx, h.psy, h.pxx, h.pxy, h.pyy)
-                hit = memo.get(key)
-                if hit is not None:
-                    ll, gate, proj = hit
-                    h.proj = proj
-                    h.innovation = gate[1]
-                    results.append((rid, h, ll, gate))
-                    best_inlier = max(best_inlier, ll + inlier_log_prior)
-                    continue
             ll, gate, proj = self._evaluate(h, g, fix, x, y, r, course_ok)
-            if key is not None:
-                memo[key] = (ll, gate, proj)
             h.proj = proj
             h.innovation = gate[1]
-            results.append((rid, h, ll, gate))
+            results.append((h, rids, ll, gate))
             best_inlier = max(best_inlier, ll + inlier_log_prior)
         outlier = best_inlier < outlier_ll
         if outlier:
@@ -364,8 +373,11 @@ class RouteMatcher:
             self._outliers += 1
         else:
             self._outliers = 0
-            for _, h, ll, gate in results:
-                h.logw += cfg.evidence_weight * _logaddexp(ll + inlier_log_prior, outlier_ll)
+            logw = self._logw
+            for h, rids, ll, gate in results:
+                gain = cfg.evidence_weight * _logaddexp(ll + inlier_log_prior, outlier_ll)
+                for rid in rids:
+                    logw[rid] += gain
                 assert h.proj is not None
                 # Heading away from the route, the offset is the driver's doing, not the
                 # receiver's: learn nothing from it.
@@ -377,8 +389,8 @@ class RouteMatcher:
                     continue
                 e1, e2, s11, s12, s22, a0, a1, a2, c0, c1, c2 = gate
                 h.correct(e1, e2, s11, s12, s22, (a0, a1, a2), (c0, c1, c2))
-        for rid, h, _, _ in results:
-            h.s = min(max(h.s, 0.0), self.index.geometry[rid].length)
+        for h, rids, _, _ in results:
+            h.s = min(max(h.s, 0.0), self.index.geometry[rids[0]].length)
             h.s_out = max(h.s_out, h.s)
         if sog is not None:
             self._speed = sog
@@ -387,7 +399,33 @@ class RouteMatcher:
         self._normalise()
         if self._outliers >= cfg.resync_after:
             self._resync(fix, x, y, course_ok)
-        self._judge(fix, course_ok, outlier)
+        self._judge(fix, course_ok, outlier, groups)
+
+    def _groups(self, travel: float, q_s: float, q_b: float) -> list[tuple[_Hypothesis, list[str]]]:
+        """Each filter with the routes sharing it, split first where those routes' vertices
+        part within the filter's reach after this step's prediction."""
+        members: dict[int, tuple[_Hypothesis, list[str]]] = {}
+        for rid, h in self._hyps.items():
+            entry = members.get(id(h))
+            if entry is None:
+                members[id(h)] = (h, [rid])
+            else:
+                entry[1].append(rid)
+        out: list[tuple[_Hypothesis, list[str]]] = []
+        for h, rids in members.values():
+            if len(rids) == 1:
+                out.append((h, rids))
+                continue
+            hi = h.s + max(travel, 0.0) + self._reach(h.pss + q_s, h.pxx + q_b, h.pyy + q_b)
+            parts: dict[str, list[str]] = {}
+            for rid in rids:
+                parts.setdefault(self.index.twin(rid, hi), []).append(rid)
+            for k, part in enumerate(parts.values()):
+                filt = h if k == 0 else h.copy()
+                for rid in part:
+                    self._hyps[rid] = filt
+                out.append((filt, part))
+        return out
 
     def _evaluate(
         self,
@@ -431,18 +469,27 @@ class RouteMatcher:
         filters afresh from this fix, keeping what the weights have learned."""
         self.counters["resync"] += 1
         self._outliers = 0
-        for rid, h in list(self._hyps.items()):
-            fresh = self._start(rid, x, y, fix, course_ok, h.logw)
+        for rid in list(self._hyps):
+            fresh = self._start(rid, x, y, fix, course_ok)
             if fresh is None:
                 del self._hyps[rid]
+                del self._logw[rid]
             else:
-                self._hyps[rid] = fresh
+                self._hyps[rid] = fresh[0]
+                self._logw[rid] += fresh[1]
         if self._hyps:
+            self._share()
             self._normalise()
         else:
             self._drop(Verdict.LEFT_ROUTE)
 
-    def _judge(self, fix: Fix, course_ok: bool, outlier: bool) -> None:
+    def _judge(
+        self,
+        fix: Fix,
+        course_ok: bool,
+        outlier: bool,
+        groups: list[tuple[_Hypothesis, list[str]]],
+    ) -> None:
         """Left the route or turned around? Judged by the hypotheses that carry the weight.
 
         The course over ground (Doppler) is compared with the route around the
@@ -454,35 +501,42 @@ class RouteMatcher:
         probs = self._probs
         course = fix.course or 0.0
         reversing_w = drifting_w = along_w = flipped_w = 0.0
-        seen: dict[tuple[str, float, float], tuple[float, float]] = {}
-        for r, h in self._hyps.items():
-            g = self.index.geometry[r]
+        for h, members in groups:
+            rids = [r for r in members if r in probs]
+            if not rids:
+                continue  # pruned
             if course_ok:
                 wide_r = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
-                key = (self.index.twin(r, h.s + wide_r), h.s, wide_r)
-                angles = seen.get(key)
-                if angles is None:
-                    angles = seen[key] = (
-                        _angle_of(g.heading_agreement(course, h.s, cfg.corner_m)),
-                        _angle_of(g.heading_agreement(course, h.s, wide_r)),
-                    )
-                near, wide = angles
-                if near >= cfg.uturn_heading_deg:
-                    reversing_w += probs[r]
-                if near <= cfg.along_heading_deg:
-                    along_w += probs[r]
-                # Against the segment under the fix itself: a U-turn just behind a corner
-                # the filter has already rounded.
-                if (
-                    h.proj is not None
-                    and heading_difference(course, h.proj.heading) >= cfg.uturn_flip_deg
-                ):
-                    flipped_w += probs[r]
-                if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
-                    drifting_w += probs[r]
+                hi = h.s + wide_r
+                # The routes sharing this filter share their vertices up to the filter's
+                # reach before the correction; judge each alone if that has moved on past.
+                parts = (
+                    [rids]
+                    if len(rids) == 1
+                    or self.index.twin(rids[0], hi) == self.index.twin(rids[-1], hi)
+                    else [[r] for r in rids]
+                )
+                for part in parts:
+                    g = self.index.geometry[part[0]]
+                    w = sum(probs[r] for r in part)
+                    near = _angle_of(g.heading_agreement(course, h.s, cfg.corner_m))
+                    wide = _angle_of(g.heading_agreement(course, h.s, wide_r))
+                    if near >= cfg.uturn_heading_deg:
+                        reversing_w += w
+                    if near <= cfg.along_heading_deg:
+                        along_w += w
+                    # Against the segment under the fix itself: a U-turn just behind a
+                    # corner the filter has already rounded.
+                    if (
+                        h.proj is not None
+                        and heading_difference(course, h.proj.heading) >= cfg.uturn_flip_deg
+                    ):
+                        flipped_w += w
+                    if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
+                        drifting_w += w
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
                 # Without a course, only a sustained drift (not a burst) counts.
-                drifting_w += probs[r]
+                drifting_w += sum(probs[r] for r in rids)
         # The vehicle's own course flipping against the last course it drove along the
         # route: a U-turn whatever a stray hypothesis past a fork may say.
         # (Near a corner some segment is always within 120 degrees of any course, so
@@ -513,21 +567,24 @@ class RouteMatcher:
         self.counters[verdict.value] += 1
         self.verdict = verdict
         self._hyps.clear()
+        self._logw.clear()
         self._committed = None
         self._leaving = self._reversing = 0
 
     def _normalise(self) -> None:
         """Weights to probabilities (kept for this fix), dropping the negligible."""
-        top = max(h.logw for h in self._hyps.values())
+        logw = self._logw
+        top = max(logw.values())
         weights = {}
-        for r, h in self._hyps.items():
-            h.logw -= top
-            weights[r] = math.exp(h.logw)
+        for r in logw:
+            logw[r] -= top
+            weights[r] = math.exp(logw[r])
         total = sum(weights.values())
         probs = {r: w / total for r, w in weights.items()}
         for r, p in list(probs.items()):
             if p < self.config.prune_probability:
                 del self._hyps[r]
+                del logw[r]
                 del probs[r]
         rest = sum(probs.values())
         self._probs = {r: p / rest for r, p in probs.items()}
