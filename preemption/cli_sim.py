@@ -87,8 +87,7 @@ def _sumo(setup: Any, departures: list[float]) -> dict[str, Any]:
         return {"sumo": {"error": "the SUMO backend (preemption.sumo_run) is not installed"}}
     from preemption.sumo_run import sumo_section
 
-    loaded = (setup.scenario, setup.deployment, setup.routes)
-    section: dict[str, Any] = sumo_section(loaded, preempt=True, departures=departures)
+    section: dict[str, Any] = sumo_section(setup, preempt=True, departures=departures)
     return section
 
 

@@ -1,12 +1,11 @@
 """Runs of a scenario in SUMO, with or without the daemon, and their agreement with
 the in-process model.
 
-``sim.sumo`` may not import the daemon (the dependency direction), so the loop
-that drives a street with the daemon on a ``SimClock`` lives here. It knows only
-the :class:`sim.street.Street` protocol and runs the in-process corridor and
-SUMO alike: the street writes the engine's NMEA, the decoder turns it into
-fixes, the daemon plans and sends commands through the ``simlink`` adapter to
-the street's controller models.
+``sim.sumo`` may not import the daemon (the dependency direction), so the runs
+are wired here, with the simulator's own runner (``preemption.simulate``):
+``run_baseline`` and ``run_preempted`` over a :class:`sim.street.Street`, the
+in-process corridor or a :class:`sim.sumo.SumoStreet`, so both backends see the
+same daemon, the same dispatch alarm and the same safety watch.
 
 ``preemption sim --sumo`` wires in with :func:`sumo_section`: it returns the
 ``"sumo"`` and ``"agreement"`` parts of the JSON report.
@@ -14,34 +13,50 @@ the street's controller models.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gps.nmea import NmeaDecoder
-from preemption.clock import SimClock
 from preemption.config import Deployment
-from preemption.daemon import Daemon
-from preemption.model import Fix
-from preemption.run import build
-from routes.geojson import RouteSet, load_routes
-from signal_adapters import registry
-from sim.controller import SignalController
-from sim.scenario import EngineConfig, Scenario, load_scenario
-from sim.street import EngineTrip, SignalPassage, Street, TrajectoryPoint
+from preemption.simulate import Setup, run_baseline, run_preempted
+from routes.geojson import RouteSet
+from sim.scenario import EngineConfig, Scenario
+from sim.street import EngineTrip, Street
 from sim.sumo import SumoStreet
 from sim.sumo_compare import TripAgreement, compare_sweep, compare_trips
-from sim.world import Corridor
-
-END_FIXES = 3  # epochs still reported after the engine reached the end of its route
+from sim.sumo_realnet import StopLineCheck
 
 Loaded = tuple[Scenario, Deployment, RouteSet]
+Scenarioish = Path | str | Loaded | Setup
 
 
 def load(path: Path | str) -> Loaded:
-    scen, dep = load_scenario(path, adapters=set(registry.installed()))
-    return scen, dep, load_routes(dep.routes.files, epsg=dep.deployment.epsg)
+    from preemption.simulate import load as load_setup
+
+    setup = load_setup(path)
+    return setup.scenario, setup.deployment, setup.routes
+
+
+def _setup(scenario: Scenarioish) -> Setup:
+    if isinstance(scenario, Setup):
+        return scenario
+    if isinstance(scenario, Path | str):
+        from preemption.simulate import load as load_setup
+
+        return load_setup(scenario)
+    scen, dep, routes = scenario
+    return Setup(Path(scen.scenario.deployment), scen, dep, routes)
+
+
+def without_demand(scenario: Scenarioish) -> Setup:
+    """The scenario with no background traffic: the like-for-like check of both models."""
+    setup = _setup(scenario)
+    scen = setup.scenario
+    quiet = scen.model_copy(
+        update={"intersections": [ic.model_copy(update={"demand": []}) for ic in scen.intersections]}
+    )
+    return Setup(setup.path, quiet, setup.deployment, setup.routes)
 
 
 def _engine(scen: Scenario, engine_index: int, depart_s: float | None) -> EngineConfig:
@@ -51,152 +66,95 @@ def _engine(scen: Scenario, engine_index: int, depart_s: float | None) -> Engine
     return engine
 
 
-def drive_alone(street: Street, scen: Scenario) -> None:
-    """The baseline: step the street until the engine is through, nobody asking for green."""
-    info = scen.scenario
-    while not street.finished:
-        if street.t > info.time_limit_s:
-            raise RuntimeError(
-                f"{info.name}: the engine did not reach the end of its route within "
-                f"{info.time_limit_s:.0f} s of simulated time; check the signal programs"
-            )
-        street.advance(info.step_s)
-
-
-def drive_with_daemon(
-    street: Street, scen: Scenario, dep: Deployment, routes: RouteSet, engine: EngineConfig
-) -> Daemon:
-    """The pre-empted run: the street and the daemon as two tasks on one SimClock."""
-    clock = SimClock(start_utc=scen.start_epoch)
-    daemon = build(dep, clock, {"simlink": street.controllers}, routes)
-    daemon.planner.set_emergency(engine.vehicle, True)  # blue lights on from the start
-    clock.run(_run(street, scen, engine, daemon, clock))
-    return daemon
-
-
-async def _run(
-    street: Street, scen: Scenario, engine: EngineConfig, daemon: Daemon, clock: SimClock
-) -> None:
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(_drive(street, scen, engine, clock, lines))
-        tg.create_task(daemon.run([_receiver(lines, engine.vehicle)]))
-
-
-async def _drive(
-    street: Street,
-    scen: Scenario,
-    engine: EngineConfig,
-    clock: SimClock,
-    out: asyncio.Queue[str | None],
-) -> None:
-    info = scen.scenario
-    next_fix = engine.depart_s
-    end_fixes = 0
-    try:
-        while end_fixes < END_FIXES:
-            if street.t > info.time_limit_s:
-                raise RuntimeError(
-                    f"{info.name}: the engine did not finish within "
-                    f"{info.time_limit_s:.0f} s of simulated time"
-                )
-            await clock.sleep(info.step_s)
-            street.advance(info.step_s)
-            if street.departed and street.t + 1e-6 >= next_fix:
-                for line in street.nmea(scen.start_epoch + street.t):
-                    out.put_nowait(line)
-                next_fix += info.gnss_interval_s
-                end_fixes += street.finished
-    finally:
-        out.put_nowait(None)
-
-
-async def _receiver(lines: asyncio.Queue[str | None], vehicle: str) -> AsyncIterator[Fix]:
-    decoder = NmeaDecoder(vehicle=vehicle, source="sim-receiver")
-    while (line := await lines.get()) is not None:
-        for fix in decoder.feed_line(line):
-            yield fix
-    for fix in decoder.flush():
-        yield fix
-
-
-def corridor_trip(corridor: Corridor) -> EngineTrip:
-    """The in-process corridor's run as an EngineTrip (its own ``trip()`` when it has one)."""
-    trip = getattr(corridor, "trip", None)
-    if callable(trip):
-        result = trip()
-        assert isinstance(result, EngineTrip)
-        return result
-    eng, cfg = corridor.engine, corridor.engine_cfg
-    groups = {s.intersection: s.group for s in corridor.signals}
-    arrival = eng.finished_at if eng.finished_at is not None else eng.t
-    travel = arrival - cfg.depart_s
-    v_max = min(cfg.max_speed_kmh / 3.6, corridor.route.route.speed_limit or float("inf"))
-    return EngineTrip(
-        vehicle=cfg.vehicle,
-        route=cfg.route,
-        depart=cfg.depart_s,
-        arrival=arrival,
-        route_length=corridor.route.length,
-        travel_time=travel,
-        time_loss=travel - corridor.route.length / v_max,
-        waiting_time=eng.stopped_s,
-        stops=eng.stops,
-        passages=tuple(
-            SignalPassage(c.intersection, groups[c.intersection], c.time, c.aspect, c.speed)
-            for c in eng.crossings
-        ),
-        trajectory=(TrajectoryPoint(eng.t, eng.s, eng.v),),
-    )
-
-
-class _CorridorStreet:
-    """The in-process corridor seen as a Street, until ``sim.world`` implements it itself."""
-
-    def __init__(self, corridor: Corridor) -> None:
-        self.corridor = corridor
-
-    @property
-    def t(self) -> float:
-        return self.corridor.t
-
-    @property
-    def controllers(self) -> Mapping[str, SignalController]:
-        return self.corridor.controllers
-
-    @property
-    def departed(self) -> bool:
-        return self.corridor.departed
-
-    @property
-    def finished(self) -> bool:
-        return self.corridor.engine.finished
-
-    def advance(self, dt: float) -> None:
-        self.corridor.advance(dt)
-
-    def nmea(self, t_utc: float) -> list[str]:
-        return self.corridor.nmea(t_utc)
-
-    def trip(self) -> EngineTrip:
-        return corridor_trip(self.corridor)
-
-
 def run_inprocess(
-    loaded: Loaded, *, preempt: bool, depart_s: float | None = None, engine_index: int = 0
+    scenario: Scenarioish, *, preempt: bool, depart_s: float | None = None, engine_index: int = 0
 ) -> EngineTrip:
-    scen, dep, routes = loaded
-    engine = _engine(scen, engine_index, depart_s)
-    street = _CorridorStreet(Corridor(scen, routes, engine))
-    if preempt:
-        drive_with_daemon(street, scen, dep, routes, engine)
-    else:
-        drive_alone(street, scen)
-    return street.trip()
+    """One engine's run in the in-process model, with the simulator's runner."""
+    setup = _setup(scenario)
+    engine = _engine(setup.scenario, engine_index, depart_s)
+    run = run_preempted(setup, engine) if preempt else run_baseline(setup, engine)
+    return run.trip
+
+
+@dataclass
+class SumoRun:
+    """A run in SUMO and what it says about the network it ran on."""
+
+    trip: EngineTrip
+    network: str  # "real" (the route file's SUMO network) or "exported" (from the geometry)
+    net_file: str
+    stop_lines: list[StopLineCheck] = field(default_factory=list)
+    speed_factor: float = 1.0
+    background: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "net_file": self.net_file,
+            "engine_speedFactor": round(self.speed_factor, 3),
+            "background_vehicles": self.background,
+            "stop_lines": [
+                {
+                    "intersection": c.intersection,
+                    "route_m": round(c.route_m, 2),
+                    "sumo_m": round(c.sumo_m, 2),
+                    "difference_m": round(c.difference_m, 2),
+                }
+                for c in self.stop_lines
+            ],
+        }
+
+
+def sumo_run(
+    scenario: Scenarioish,
+    *,
+    preempt: bool,
+    depart_s: float | None = None,
+    engine_index: int = 0,
+    seed: int = 42,
+    workdir: Path | None = None,
+) -> SumoRun:
+    """One engine's run in SUMO; with ``preempt`` the daemon drives the lights."""
+    setup = _setup(scenario)
+    engine = _engine(setup.scenario, engine_index, depart_s)
+    opened: list[SumoStreet] = []
+
+    def factory(eng: EngineConfig, red_crossing: bool) -> Street:
+        # SUMO's engine always stops at red: baseline.red = "cautious" is not modelled there.
+        street = SumoStreet(
+            setup.scenario,
+            setup.routes,
+            eng,
+            workdir=workdir,
+            seed=seed,
+            route_files=setup.deployment.routes.files,
+        )
+        opened.append(street)
+        return street
+
+    try:
+        run = (
+            run_preempted(setup, engine, factory)
+            if preempt
+            else run_baseline(setup, engine, factory)
+        )
+        street = opened[-1]
+        real = street.real_net is not None
+        return SumoRun(
+            trip=run.trip,
+            network="real" if real else "exported",
+            net_file=str(street.real_net if real else street.network.net_file),
+            stop_lines=street.stop_lines(),
+            speed_factor=getattr(street, "speed_factor", 1.0),
+            background=street.background,
+        )
+    finally:
+        for street in opened:
+            street.close()
 
 
 def run_sumo(
-    scenario: Path | str | Loaded,
+    scenario: Scenarioish,
     *,
     preempt: bool,
     depart_s: float | None = None,
@@ -204,16 +162,15 @@ def run_sumo(
     seed: int = 42,
     workdir: Path | None = None,
 ) -> EngineTrip:
-    """One engine's run in SUMO; with ``preempt`` the daemon drives the lights."""
-    loaded = load(scenario) if isinstance(scenario, Path | str) else scenario
-    scen, dep, routes = loaded
-    engine = _engine(scen, engine_index, depart_s)
-    with SumoStreet(scen, routes, engine, workdir=workdir, seed=seed) as street:
-        if preempt:
-            drive_with_daemon(street, scen, dep, routes, engine)
-        else:
-            drive_alone(street, scen)
-        return street.trip()
+    """One engine's run in SUMO (its trip only)."""
+    return sumo_run(
+        scenario,
+        preempt=preempt,
+        depart_s=depart_s,
+        engine_index=engine_index,
+        seed=seed,
+        workdir=workdir,
+    ).trip
 
 
 def trip_json(trip: EngineTrip) -> dict[str, Any]:
@@ -242,17 +199,35 @@ def trip_json(trip: EngineTrip) -> dict[str, Any]:
 
 
 def compare(
-    scenario: Path | str | Loaded, *, preempt: bool, depart_s: float | None = None
+    scenario: Scenarioish,
+    *,
+    preempt: bool,
+    depart_s: float | None = None,
+    engine_index: int = 0,
 ) -> tuple[EngineTrip, EngineTrip, TripAgreement]:
     """The same run in-process and in SUMO, and how well they agree."""
-    loaded = load(scenario) if isinstance(scenario, Path | str) else scenario
-    ours = run_inprocess(loaded, preempt=preempt, depart_s=depart_s)
-    theirs = run_sumo(loaded, preempt=preempt, depart_s=depart_s)
-    return ours, theirs, compare_trips(ours, theirs)
+    ours, theirs, agreement = compare_run(
+        scenario, preempt=preempt, depart_s=depart_s, engine_index=engine_index
+    )
+    return ours, theirs.trip, agreement
+
+
+def compare_run(
+    scenario: Scenarioish,
+    *,
+    preempt: bool,
+    depart_s: float | None = None,
+    engine_index: int = 0,
+) -> tuple[EngineTrip, SumoRun, TripAgreement]:
+    """As :func:`compare`, with what the SUMO run says about its network."""
+    setup = _setup(scenario)
+    ours = run_inprocess(setup, preempt=preempt, depart_s=depart_s, engine_index=engine_index)
+    theirs = sumo_run(setup, preempt=preempt, depart_s=depart_s, engine_index=engine_index)
+    return ours, theirs, compare_trips(ours, theirs.trip)
 
 
 def sumo_section(
-    scenario: Path | str | Loaded,
+    scenario: Scenarioish,
     *,
     preempt: bool = True,
     departures: Sequence[float] = (),
@@ -262,15 +237,19 @@ def sumo_section(
     Without ``departures``, one run at the scenario's departure; with them, a sweep
     and its mean travel time judged by the sweep bar.
     """
-    loaded = load(scenario) if isinstance(scenario, Path | str) else scenario
+    setup = _setup(scenario)
     if not departures:
-        _, theirs, agreement = compare(loaded, preempt=preempt)
-        return {"sumo": trip_json(theirs), "agreement": agreement.to_json()}
-    ours = [run_inprocess(loaded, preempt=preempt, depart_s=d) for d in departures]
-    theirs_all = [run_sumo(loaded, preempt=preempt, depart_s=d) for d in departures]
+        _, theirs, agreement = compare_run(setup, preempt=preempt)
+        return {
+            "sumo": {**trip_json(theirs.trip), **theirs.to_json()},
+            "agreement": agreement.to_json(),
+        }
+    ours = [run_inprocess(setup, preempt=preempt, depart_s=d) for d in departures]
+    runs = [sumo_run(setup, preempt=preempt, depart_s=d) for d in departures]
+    theirs_all = [r.trip for r in runs]
     sweep = compare_sweep(ours, theirs_all)
     per_run = [compare_trips(a, b).to_json() for a, b in zip(ours, theirs_all, strict=True)]
     return {
-        "sumo": {"runs": [trip_json(t) for t in theirs_all]},
+        "sumo": {"runs": [trip_json(t) for t in theirs_all], **runs[0].to_json()},
         "agreement": {**sweep.to_json(), "per_run": per_run},
     }

@@ -16,6 +16,11 @@ with the same definitions (passage = the front crossing the stop line, with
 the aspect its group showed at the start of that step; waiting time = seconds
 below 0.1 m/s; stops = standstills after moving).
 
+Two network sources: a scenario whose route file was built from a SUMO network
+(``preemption_build.network`` names a file that exists) runs on that network
+(``sim.sumo_realnet``); any other scenario on a network exported from its route
+geometry (``sim.sumo_export``).
+
 libsumo runs one simulation per process: a ``SumoStreet`` is a context manager
 and must be closed; opening a second while one is open is an error.
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +41,22 @@ from sim.controller import Aspect, SignalController
 from sim.nmea_out import epoch_sentences
 from sim.scenario import EngineConfig, Scenario
 from sim.street import EngineTrip, SignalPassage, TrajectoryPoint
-from sim.sumo_demand import background_vehicles, vehicles_xml
+from sim.sumo_demand import CAR_TYPE, EXIT_POS_M, background_vehicles, vehicles_xml
 from sim.sumo_export import SUMO_STATE, SumoExportError, SumoNetwork, export_network, sumo_binary
+from sim.sumo_realnet import (
+    BuiltRoute,
+    RouteDistance,
+    StopLineCheck,
+    TlBinding,
+    bind_traffic_lights,
+    built_network,
+    built_route,
+    engine_speed_factor,
+    lane_position,
+    route_distance,
+    traffic_lights,
+)
+from sim.sumo_realnet import background_vehicles as real_background_vehicles
 
 STOPPED_SPEED = 0.1  # m/s; slower counts as standing (SUMO's waitingTime)
 ENGINE_TYPE = "fire_engine"
@@ -69,7 +88,8 @@ class _SignalOnRoute:
 
 @dataclass
 class _Track:
-    s: float = 0.0
+    s: float = 0.0  # along the route file's geometry
+    d: float = 0.0  # along SUMO's lanes (equal to s on the exported network)
     v: float = 0.0
     in_sumo: bool = False
     arrived_at: float | None = None
@@ -93,6 +113,7 @@ class SumoStreet:
         workdir: Path | None = None,
         seed: int = 42,
         extra_args: tuple[str, ...] = (),
+        route_files: Sequence[Path] = (),
     ) -> None:
         global _open_street
         import libsumo
@@ -120,8 +141,6 @@ class SumoStreet:
         self._controllers = {
             ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections
         }
-        self.network: SumoNetwork = export_network(scenario, routes, workdir)
-        self.route_edges = self.network.routes[engine.route]
         self.signals = [
             _SignalOnRoute(
                 sig.intersection,
@@ -131,18 +150,35 @@ class SumoStreet:
             )
             for sig in self.route.signals
         ]
-        self.max_speed = min(
-            engine.max_speed_kmh / 3.6, self.network.edges[self.route_edges.edges[0]].speed
-        )
-        route_file = workdir / "demand.rou.xml"
-        route_file.write_text(self._demand_xml(), encoding="utf-8")
         self._t = 0.0
         self._steps = 0
         self._track = _Track()
+        self.background = 0
+        self.real_net: Path | None = built_network(route_files) if route_files else None
+        self._bindings: dict[str, TlBinding] = {}
+        self._shown: dict[str, str] = {}
+        self._distance: RouteDistance | None = None
+        if self.real_net is not None:
+            self.built: BuiltRoute = built_route(route_files, engine.route)
+            self.max_speed = min(
+                engine.max_speed_kmh / 3.6, self.route.route.speed_limit or math.inf
+            )
+            net_file = self.real_net
+            files = ["-a", str(self._write_types())]
+        else:
+            self.network: SumoNetwork = export_network(scenario, routes, workdir)
+            self.route_edges = self.network.routes[engine.route]
+            self.max_speed = min(
+                engine.max_speed_kmh / 3.6, self.network.edges[self.route_edges.edges[0]].speed
+            )
+            route_file = workdir / "demand.rou.xml"
+            route_file.write_text(self._demand_xml(), encoding="utf-8")
+            net_file = self.network.net_file
+            files = ["-r", str(route_file)]
         args = [
             str(sumo_binary("sumo")),
-            "-n", str(self.network.net_file),
-            "-r", str(route_file),
+            "-n", str(net_file),
+            *files,
             "--step-length", f"{self.step_s}",
             "--step-method.ballistic", "true",
             "--time-to-teleport", "-1",
@@ -156,7 +192,14 @@ class SumoStreet:
         libsumo.start(args)
         _open_street = self
         self._libsumo: Any = libsumo
-        self._check_links()
+        try:
+            if self.real_net is not None:
+                self._populate_real_net(route_files)
+            else:
+                self._check_links()
+        except BaseException:
+            self.close()
+            raise
 
     # -- the Street protocol -----------------------------------------------------------------
 
@@ -257,11 +300,7 @@ class SumoStreet:
         k = sum(1 for v in background if v.depart < depart)
         lines = [
             "<routes>",
-            f'  <vType id="{ENGINE_TYPE}" vClass="emergency" carFollowModel="Krauss" '
-            f'sigma="0" tau="1" accel="{e.accel}" decel="{e.decel}" '
-            f'emergencyDecel="{2 * e.decel}" apparentDecel="{e.decel}" '
-            f'maxSpeed="{e.max_speed_kmh / 3.6:.4f}" length="{e.length_m}" minGap="1.0" '
-            'speedFactor="1" speedDev="0" guiShape="firebrigade" color="red"/>',
+            self._engine_vtype(),
             cars[0],
             *cars[1 : k + 1],
             *engine,
@@ -270,6 +309,99 @@ class SumoStreet:
         ]
         self.background = len(background)
         return "\n".join(lines) + "\n"
+
+    def _engine_vtype(self) -> str:
+        e = self.engine_cfg
+        return (
+            f'  <vType id="{ENGINE_TYPE}" vClass="emergency" carFollowModel="Krauss" '
+            f'sigma="0" tau="1" accel="{e.accel}" decel="{e.decel}" '
+            f'emergencyDecel="{2 * e.decel}" apparentDecel="{e.decel}" '
+            f'maxSpeed="{e.max_speed_kmh / 3.6:.4f}" length="{e.length_m}" minGap="1.0" '
+            'speedFactor="1" speedDev="0" guiShape="firebrigade" color="red"/>'
+        )
+
+    def _write_types(self) -> Path:
+        """The engine's and the cars' vTypes, for a run on a real network."""
+        path = self.workdir / "types.add.xml"
+        car = vehicles_xml([], self.step_s)[0]
+        path.write_text(
+            f"<additional>\n{self._engine_vtype()}\n{car}\n</additional>\n", encoding="utf-8"
+        )
+        return path
+
+    def _populate_real_net(self, route_files: Sequence[Path]) -> None:
+        """Bind the traffic lights, place the engine on its edges, add the demand."""
+        sumo = self._libsumo
+        self._bindings = bind_traffic_lights(sumo, self.scenario, traffic_lights(route_files))
+        built = self.built
+        ours = [s.intersection for s in self.signals]
+        theirs = [s.intersection for s in built.signals]
+        if ours != theirs:
+            raise SumoExportError(
+                f"route {built.id!r}: the route file lists signals {ours} but their SUMO "
+                f"approach edges give {theirs}; rebuild the route file"
+            )
+        first = self.projector.to_wgs84(*map(float, self.route.xy[0]))
+        last = self.projector.to_wgs84(*map(float, self.route.xy[-1]))
+        depart_pos = lane_position(sumo, f"{built.edges[0]}_0", *first)
+        arrival_pos = lane_position(sumo, f"{built.edges[-1]}_0", *last)
+        self._distance = route_distance(
+            sumo,
+            built,
+            depart_pos,
+            arrival_pos,
+            [s.stop_line_m for s in self.signals],
+            self.route.length,
+        )
+        self.speed_factor = engine_speed_factor(sumo, self.engine_cfg, built.edges)
+        sumo.vehicletype.setSpeedFactor(ENGINE_TYPE, self.speed_factor)
+        e = self.engine_cfg
+        sumo.route.add("engine", list(built.edges))
+        sumo.vehicle.add(
+            e.vehicle,
+            "engine",
+            typeID=ENGINE_TYPE,
+            depart=f"{max(0.0, e.depart_s - self.step_s):.2f}",  # see _demand_xml
+            departLane="best",
+            departPos=f"{depart_pos:.2f}",
+            departSpeed="0",
+            arrivalPos=f"{arrival_pos:.2f}",
+        )
+        routes: set[tuple[str, str]] = set()
+        cars = real_background_vehicles(
+            sumo, self.scenario, self._bindings, self.scenario.scenario.time_limit_s
+        )
+        for car, lane in cars:
+            rid = "bg:" + ">".join(car.edges)
+            if car.edges not in routes:
+                sumo.route.add(rid, list(car.edges))
+                routes.add(car.edges)
+            sumo.vehicle.add(
+                car.id,
+                rid,
+                typeID=CAR_TYPE,
+                depart=f"{round(car.depart / self.step_s) * self.step_s:.2f}",
+                departLane=str(lane),
+                departPos=f"{car.depart_pos:.2f}",
+                departSpeed="max",
+                arrivalPos=f"{EXIT_POS_M}",
+            )
+        self.background = len(cars)
+
+    def stop_lines(self) -> list[StopLineCheck]:
+        """Each stop line's distance along the route, the route file's and SUMO's own
+        (SUMO's is measured once the engine has driven onto the approach edge)."""
+        dist = self._distance
+        if dist is None:
+            return [
+                StopLineCheck(s.intersection, s.stop_line_m, s.stop_line_m) for s in self.signals
+            ]
+        out = [
+            StopLineCheck(s.intersection, s.stop_line_m, dist.sumo_m[k + 1])
+            for k, s in enumerate(self.signals)
+        ]
+        out.append(StopLineCheck("end of route", self.route.length, dist.sumo_m[-1]))
+        return out
 
     def _check_links(self) -> None:
         """The link indices netconvert kept are the ones the export asked for."""
@@ -284,6 +416,13 @@ class SumoStreet:
 
     def _push_signals(self) -> None:
         tl = self._libsumo.trafficlight
+        if self.real_net is not None:
+            for iid, b in self._bindings.items():
+                state = b.state(self._controllers[iid])
+                if self._shown.get(iid) != state:  # SUMO holds a set state until the next
+                    tl.setRedYellowGreenState(b.tl, state)
+                    self._shown[iid] = state
+            return
         for iid, links in self.network.signals.items():
             ctrl = self._controllers[iid]
             state = "".join(SUMO_STATE[ctrl.aspect(g)] for g in links.groups)
@@ -312,40 +451,52 @@ class SumoStreet:
             return
         veh = self._libsumo.vehicle
         vid = self.engine_cfg.vehicle
-        s_old, v_old = tr.s, tr.v
+        dist = self._distance
+        end = self.route.length if dist is None else dist.sumo_m[-1]
+        d_old, v_old = tr.d, tr.v
         if vid in self._libsumo.simulation.getArrivedIDList():
             # Gone at the end of its route this step: where it would be, at its acceleration.
             v_new = min(v_old + self.engine_cfg.accel * dt, self.max_speed)
-            s_new = max(s_old + 0.5 * (v_old + v_new) * dt, self.route.length)
+            d_new = max(d_old + 0.5 * (v_old + v_new) * dt, end)
         elif vid in veh.getIDList():
             tr.in_sumo = True
             edge = veh.getRoadID(vid)
-            if edge not in self.route_edges.edges:
-                return  # on an internal lane (not built with --no-internal-links)
-            s_new = self.route_edges.start_of(edge) + veh.getLanePosition(vid)
             v_new = veh.getSpeed(vid)
+            if dist is not None:
+                # SUMO's odometer runs from the insertion point, the route's start.
+                d_new = veh.getDistance(vid)
+                if edge in dist.approach:
+                    pos = veh.getLanePosition(vid)
+                    lane_len = self._libsumo.lane.getLength(veh.getLaneID(vid))
+                    dist.measure(edge, d_new + lane_len - pos)
+            elif edge not in self.route_edges.edges:
+                return  # on an internal lane (not built with --no-internal-links)
+            else:
+                d_new = self.route_edges.start_of(edge) + veh.getLanePosition(vid)
         else:
             return  # not yet inserted
         for i in range(tr.next_signal, len(self.signals)):
             sig = self.signals[i]
-            if s_new < sig.stop_line_m:
+            stop = sig.stop_line_m if dist is None else dist.sumo_m[i + 1]
+            if d_new < stop:
                 break
-            tau = _time_to(sig.stop_line_m - s_old, v_old, v_new, dt)
+            tau = _time_to(stop - d_old, v_old, v_new, dt)
             speed = v_old + (v_new - v_old) * tau / dt
             tr.passages.append(
                 SignalPassage(sig.intersection, sig.group, t0 + tau, aspects[i], speed)
             )
             tr.next_signal = i + 1
-        if s_new >= self.route.length:
-            tr.arrived_at = t0 + _time_to(self.route.length - s_old, v_old, v_new, dt)
-            s_new = self.route.length
+        if d_new >= end:
+            tr.arrived_at = t0 + _time_to(end - d_old, v_old, v_new, dt)
+            d_new = end
         moving = v_new >= STOPPED_SPEED
         if not moving:
             tr.waiting_s += dt
             if tr.was_moving:
                 tr.stops += 1
         tr.was_moving = moving
-        tr.s, tr.v = s_new, v_new
+        s_new = d_new if dist is None else min(dist.to_route(d_new), self.route.length)
+        tr.s, tr.d, tr.v = s_new, d_new, v_new
         tr.trajectory.append(TrajectoryPoint(t0 + dt, s_new, v_new))
 
 
