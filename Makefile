@@ -46,7 +46,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: sysdeps venv lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=5
 
 bench: venv
 	$(BIN)/preemption bench all --json | tee bench.json
