@@ -52,6 +52,7 @@ of observation); neither is one still running at the last.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -277,6 +278,8 @@ class StreetWatch:
     monitors: dict[str, SafetyMonitor] = field(default_factory=dict, init=False)
     _seen: dict[str, tuple[int, dict[str, Aspect]]] = field(default_factory=dict, init=False)
     _last_t: float | None = field(default=None, init=False)
+    # per controller: (switch count, controller time at which the next group's yellow ends)
+    _yellow_due: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.monitors = {i: SafetyMonitor(c.program) for i, c in self.controllers.items()}
@@ -285,9 +288,23 @@ class StreetWatch:
         prev = self._last_t
         for i, c in self.controllers.items():
             seen = self._seen.get(i)
-            if seen is not None and seen[0] == c.switches and c.interval is not Interval.YELLOW:
-                continue
+            if seen is not None and seen[0] == c.switches:
+                if c.interval is not Interval.YELLOW:
+                    continue
+                # In a yellow, groups turn red at their own moments (a pedestrian
+                # clearance outlasts the yellow): nothing changes before the next one.
+                due = self._yellow_due.get(i)
+                if due is not None and due[0] == c.switches and c.t < due[1]:
+                    continue
             aspects = c.aspects()
+            if c.interval is Interval.YELLOW:
+                ends = [
+                    c.green_end + c.program.change_s(g) for g in c.program.stages[c.stage].groups
+                ]
+                self._yellow_due[i] = (
+                    c.switches,
+                    min((e for e in ends if e > c.t), default=math.inf),
+                )
             if seen is not None and aspects == seen[1]:
                 self._seen[i] = (c.switches, aspects)
                 continue
