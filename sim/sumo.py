@@ -332,8 +332,13 @@ class SumoStreet:
     def _populate_real_net(self, route_files: Sequence[Path]) -> None:
         """Bind the traffic lights, place the engine on its edges, add the demand."""
         sumo = self._libsumo
-        self._bindings = bind_traffic_lights(sumo, self.scenario, traffic_lights(route_files))
         built = self.built
+        self._bindings = bind_traffic_lights(
+            sumo,
+            self.scenario,
+            traffic_lights(route_files),
+            {s.intersection: s.links for s in built.signals},
+        )
         ours = [s.intersection for s in self.signals]
         theirs = [s.intersection for s in built.signals]
         if ours != theirs:

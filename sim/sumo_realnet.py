@@ -72,6 +72,7 @@ class BuiltSignal:
     intersection: str
     tl: str
     approach_edge: str
+    links: frozenset[int]  # the route's movement: SUMO link indices (``sumo_links``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,8 @@ def built_route(route_files: Sequence[Path], route_id: str) -> BuiltRoute:
                 tl_of[str(p.get("intersection"))] = p["sumo_tl"]
                 if route_id in p.get("routes", []):
                     iid = str(p.get("intersection"))
-                    signals[iid] = BuiltSignal(iid, p["sumo_tl"], str(p.get("approach")))
+                    links = frozenset(int(k) for k in p.get("sumo_links", []))
+                    signals[iid] = BuiltSignal(iid, p["sumo_tl"], str(p.get("approach")), links)
     if edges is None:
         raise SumoExportError(
             f"route {route_id!r}: its route file names a SUMO network but the route has no "
@@ -131,21 +133,42 @@ class TlBinding:
     intersection: str
     tl: str
     groups: tuple[str | None, ...]  # our group of each link index; None: not ours (red)
-    green: tuple[str, ...]  # 'G' or 'g' per link index, as SUMO's own program greens it
+    minor: tuple[bool, ...]  # SUMO's own program shows the link as a yielding green ('g')
+    foes: tuple[frozenset[int], ...]  # link indices whose paths cross each link's
+    protected: tuple[tuple[frozenset[int], ...], ...]  # green sets of SUMO phases giving it 'G'
+    engine_links: frozenset[int] = frozenset()  # the engine's movement: 'G' when green
 
     def state(self, ctrl: SignalController) -> str:
+        """SUMO's state string for what our controller shows now.
+
+        A green is 'G' unless SUMO's program has it yield ('g') somewhere and no
+        phase of SUMO's gives it 'G' together with the foes that are green now (a
+        permissive turn): then 'g', and SUMO's drivers yield as they would there.
+        The engine's own movement is always 'G' when green: the in-process engine
+        yields to nobody (an engine with special rights, whom others make way for).
+        """
+        aspects = [None if g is None else ctrl.aspect(g) for g in self.groups]
+        green = {i for i, a in enumerate(aspects) if a is Aspect.GREEN}
         out = []
-        for g, green in zip(self.groups, self.green, strict=True):
-            if g is None:
-                out.append("r")
-                continue
-            a = ctrl.aspect(g)
-            out.append(green if a is Aspect.GREEN else "y" if a is Aspect.YELLOW else "r")
+        for i, a in enumerate(aspects):
+            if a is Aspect.GREEN:
+                foes = self.foes[i] & green
+                yields = (
+                    self.minor[i]
+                    and i not in self.engine_links
+                    and not any(foes <= p for p in self.protected[i])
+                )
+                out.append("g" if yields else "G")
+            else:
+                out.append("y" if a is Aspect.YELLOW else "r")
         return "".join(out)
 
 
 def bind_traffic_lights(
-    sumo: Any, scenario: Scenario, tl_of: Mapping[str, str]
+    sumo: Any,
+    scenario: Scenario,
+    tl_of: Mapping[str, str],
+    engine_links: Mapping[str, frozenset[int]] | None = None,
 ) -> dict[str, TlBinding]:
     """Every intersection the scenario programs, bound to its SUMO traffic light."""
     out: dict[str, TlBinding] = {}
@@ -169,23 +192,54 @@ def bind_traffic_lights(
                 f"L0..L{n - 1} of SUMO traffic light {tl!r}; a scenario on the real network "
                 "names its groups as `preemption routes build` writes them"
             )
+        minor, protected = _minor(sumo, tl, n)
         out[ic.id] = TlBinding(
             ic.id,
             tl,
             tuple(f"L{i}" if f"L{i}" in groups else None for i in range(n)),
-            _green_letters(sumo, tl, n),
+            minor,
+            _foes(sumo, tl),
+            protected,
+            (engine_links or {}).get(ic.id, frozenset()),
         )
     return out
 
 
-def _green_letters(sumo: Any, tl: str, n: int) -> tuple[str, ...]:
-    """'g' for a link SUMO's program ever shows as a yielding green, else 'G'."""
+def _minor(
+    sumo: Any, tl: str, n: int
+) -> tuple[tuple[bool, ...], tuple[tuple[frozenset[int], ...], ...]]:
+    """Whether SUMO's own programs ever show each link as a yielding green ('g'), and
+    the green sets of the phases that show it as a priority green ('G')."""
     minor = [False] * n
+    protected: list[set[frozenset[int]]] = [set() for _ in range(n)]
     for logic in sumo.trafficlight.getAllProgramLogics(tl):
         for phase in logic.phases:
-            for i, c in enumerate(phase.state[:n]):
+            state = phase.state[:n]
+            green = frozenset(i for i, c in enumerate(state) if c in "Gg")
+            for i, c in enumerate(state):
                 minor[i] = minor[i] or c == "g"
-    return tuple("g" if m else "G" for m in minor)
+                if c == "G":
+                    protected[i].add(green)
+    return tuple(minor), tuple(tuple(p) for p in protected)
+
+
+def _foes(sumo: Any, tl: str) -> tuple[frozenset[int], ...]:
+    """For each link index, the link indices whose internal lanes cross its own."""
+    links = sumo.trafficlight.getControlledLinks(tl)
+    index_of: dict[str, set[int]] = {}
+    for i, conns in enumerate(links):
+        for _in, _out, via in conns:
+            if via:
+                index_of.setdefault(via, set()).add(i)
+    out = []
+    for i, conns in enumerate(links):
+        foes: set[int] = set()
+        for _in, _out, via in conns:
+            if via:
+                for lane in sumo.lane.getInternalFoes(via):
+                    foes |= index_of.get(lane, set())
+        out.append(frozenset(foes - {i}))
+    return tuple(out)
 
 
 def lane_position(sumo: Any, lane: str, lon: float, lat: float) -> float:
