@@ -131,6 +131,51 @@ def snap(
     return found
 
 
+def snap_district(
+    rn: RoadNetwork, outline: Sequence[tuple[float, float]], label: str
+) -> list[Snap]:
+    """Where each drivable street enters a district (a polygon of lon/lat corners).
+
+    The fastest path to any of these places is the fastest way into the district:
+    an approach route to a district ends at its edge, where the engine's way
+    through the district's own streets begins.
+    """
+    poly = shapely.Polygon([rn.to_xy(lon, lat) for lon, lat in outline])
+    if not poly.is_valid or poly.area <= 0:
+        raise RouteBuildError(
+            f"{label}: the district's outline is not a simple polygon; list its corners "
+            "in order around it, without crossing edges"
+        )
+    found: list[Snap] = []
+    for edge_id in rn.graph:
+        edge = rn.edge(edge_id)
+        for lane in edge.getLanes():
+            if not lane.allows(rn.vclass):
+                continue
+            line = shapely.LineString(lane.getShape())
+            if not line.intersects(poly):
+                break
+            start = shapely.Point(line.coords[0])
+            if poly.contains(start):
+                pos = 0.0
+            else:
+                crossing = line.intersection(poly.boundary)
+                pts = [
+                    shapely.Point(c)
+                    for g in getattr(crossing, "geoms", [crossing])
+                    for c in g.coords
+                ]
+                pos = min(float(line.project(p)) for p in pts)
+            found.append(Snap(edge_id, int(lane.getIndex()), pos, 0.0))
+            break
+    if not found:
+        raise RouteBuildError(
+            f"{label}: no street for vehicle class {rn.vclass!r} enters the district; "
+            "check its corners (lon, lat order) against the network's extent"
+        )
+    return found
+
+
 def _edge_time(rn: RoadNetwork, edge: str) -> float:
     t: float = rn.graph.nodes[edge]["time"]
     return t
@@ -224,7 +269,10 @@ def build_route(
         legs.append(snap(rn, Place(lon=lon, lat=lat), radius_m, f"{label}: waypoint {k}"))
     for edge in target.via_edges:
         legs.append(snap(rn, Place(edge=edge), radius_m, f"{label}: via edge"))
-    legs.append(snap(rn, target, radius_m, f"{label}: target"))
+    if target.district:
+        legs.append(snap_district(rn, target.district, f"{label}: district"))
+    else:
+        legs.append(snap(rn, target, radius_m, f"{label}: target"))
     edges, time_s = fastest_path(rn, legs, label)
     first = _closest(legs[0], edges[0])
     last = _closest(legs[-1], edges[-1])

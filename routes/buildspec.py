@@ -34,6 +34,8 @@ class Place(_Strict):
 
     @model_validator(mode="after")
     def _one_way(self) -> Self:
+        if getattr(self, "district", None):
+            return self  # a target may be a district instead (TargetSpec checks it)
         if self.edge is None and (self.lon is None or self.lat is None):
             raise ValueError("give lon and lat, or the SUMO edge id as 'edge'")
         return self
@@ -57,6 +59,19 @@ class TargetSpec(Place):
     via_edges: list[str] = Field(default_factory=list, description="edges the route must use")
     vehicle: str | None = None  # the engine that drives it in the scenario
     speed_limit_kmh: Annotated[float, Field(gt=0, le=130)] | None = None
+    district: list[tuple[Lon, Lat]] = Field(
+        default_factory=list,
+        description="a district's outline [lon, lat], ...: the route ends where it enters it",
+    )
+
+    @model_validator(mode="after")
+    def _district_alone(self) -> Self:
+        if self.district:
+            if self.edge is not None or self.lon is not None or self.lat is not None:
+                raise ValueError("a target is a point, an edge or a district, not several")
+            if len(self.district) < 3:
+                raise ValueError("a district needs at least 3 corners [lon, lat]")
+        return self
 
 
 class SignalSpec(_Strict):

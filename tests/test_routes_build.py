@@ -306,3 +306,32 @@ def test_queue_clearance_grows_with_demand(
     # never more than the whole red at saturation flow could have queued
     red = green_b + 2 * 5.0
     assert clearance(hi) <= 2.0 + 2.0 * (red / 2.0 + (red / 2.0) ** 0.5) + 1e-9
+
+
+def test_a_district_target_ends_where_the_route_first_enters_it() -> None:
+    import shapely
+    from pydantic import ValidationError
+
+    rn = load_network(NETWORKS / "berlin-adlershof.net.xml.gz")
+    station = StationSpec(id="S", lon=13.520552, lat=52.428465)
+    lon, lat = 13.536979, 52.438757  # the R1 target of the Berlin spec
+    dlon, dlat = 0.0025, 0.0015  # about 170 m each way
+    corners = [
+        (lon - dlon, lat - dlat),
+        (lon + dlon, lat - dlat),
+        (lon + dlon, lat + dlat),
+        (lon - dlon, lat + dlat),
+    ]
+    to_point = build_route(rn, station, TargetSpec(id="P", lon=lon, lat=lat), 60)
+    to_district = build_route(rn, station, TargetSpec(id="D", district=corners), 60)
+    poly = shapely.Polygon([rn.to_xy(*c) for c in corners])
+    *before, end = (shapely.Point(p) for p in to_district.xy)
+    # ends at the district's edge (the geometry follows the lane the route keeps to, a
+    # lane width or so from the lane the entry was found on)
+    assert poly.boundary.distance(end) < 5.0
+    assert not any(poly.contains(p) for p in before)  # and never was inside before
+    assert to_district.travel_time_s < to_point.travel_time_s  # the centre is further in
+    with pytest.raises(ValidationError, match="point, an edge or a district"):
+        TargetSpec(id="X", lon=lon, lat=lat, district=corners)
+    with pytest.raises(ValidationError, match="at least 3 corners"):
+        TargetSpec(id="X", district=corners[:2])
