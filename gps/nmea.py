@@ -50,10 +50,9 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import reduce
-from operator import xor
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pynmea2
 from pynmea2 import nmea_utils
@@ -103,7 +102,6 @@ DROP_REASONS: Final = frozenset(
 )
 NOT_SENTENCES: Final = frozenset({"garbage", "comment"})
 
-_SUPPORTED: Final = frozenset({"RMC", "GGA", "GNS", "VTG", "GSA", "GLL"})
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
 _ROLLOVER_WINDOW: Final = 7_200.0  # s either side of midnight
 
@@ -112,7 +110,31 @@ _ROLLOVER_WINDOW: Final = 7_200.0  # s either side of midnight
 _TOKEN = re.compile(rb"[$!][A-Z][A-Z0-9]{2,}[,*][\x20\x22\x23\x25-\x7e]*|(?<![^\r\n])#[^\r\n]*")
 _SENTENCE_BODY = re.compile(rb"[\x20\x22\x23\x25-\x7e]*")
 _RESYNC = re.compile(rb"[\r\n$!]")
-_HEX: Final = frozenset(b"0123456789ABCDEFabcdef")
+# The two checksum digits after '*', upper or lower case, and their value.
+_HEX_BYTE: Final = {
+    f"{a}{b}".encode(): int(f"{a}{b}", 16)
+    for a in "0123456789ABCDEFabcdef"
+    for b in "0123456789ABCDEFabcdef"
+}
+
+
+def _xor(body: bytes) -> int:
+    """XOR of all bytes (the NMEA checksum) of up to 256 bytes, by folding one integer.
+
+    Twice as fast as reducing byte by byte: each fold XORs the upper half of the
+    remaining width onto the lower, which stays exact in the low bits.
+    """
+    x = int.from_bytes(body, "little")
+    x ^= x >> 1024
+    x ^= x >> 512
+    x ^= x >> 256
+    x ^= x >> 128
+    x ^= x >> 64
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
+
 
 _MODE_QUALITY: Final = {
     "A": FixQuality.GPS,
@@ -178,6 +200,10 @@ class NmeaDecoder:
         self._kind = ""  # type of the sentence being handled
         self._cycle: dict[str, int] = {}  # learned sentences of a complete epoch
         self._early_tod: float | None = None  # epoch emitted early, before its next one began
+        self._tod_text = ""  # last time field converted, and its seconds since midnight
+        self._tod_value: float | None = None
+        self._position_text: list[str] = []  # last position fields decoded, and the result
+        self._position_value = (0.0, 0.0)
 
     # -- input ------------------------------------------------------------
 
@@ -264,22 +290,23 @@ class NmeaDecoder:
             self.dropped["ignored"] += 1
             return
         kind = token[3:6].decode("ascii")
-        if kind not in _SUPPORTED:  # checked before the checksum: GSV alone is half a stream
+        handler = _HANDLERS.get(kind)
+        if handler is None:  # checked before the checksum: GSV alone is half a stream
             self.dropped["ignored"] += 1
             return
         star = len(token) - 3
         if star < 6 or token[star] != 0x2A:  # '*'
             self.dropped["bad_checksum"] += 1
             return
-        digits = token[star + 1 :]
-        if not _HEX.issuperset(digits) or reduce(xor, token[1:star], 0) != int(digits, 16):
+        # At most MAX_SENTENCE_LEN bytes, within what _xor folds; .get: None if not hex.
+        if _xor(token[1:star]) != _HEX_BYTE.get(token[star + 1 :]):
             self.dropped["bad_checksum"] += 1
             return
         try:
             # The checksum is verified: pynmea2 need not do it again, slowly.
             msg = pynmea2.parse(token[:star].decode("ascii"))
             self._kind = kind
-            _HANDLERS[kind](self, msg)
+            handler(self, msg.data)
             self._merged(kind)
         except _Drop as drop:
             self.dropped[drop.reason] += 1
@@ -293,11 +320,16 @@ class NmeaDecoder:
         epoch = self._epoch
         if epoch is None:
             return
-        epoch.kinds[kind] = epoch.kinds.get(kind, 0) + 1
+        kinds = epoch.kinds
+        kinds[kind] = kinds.get(kind, 0) + 1
         cycle = self._cycle
-        if cycle and all(epoch.kinds.get(k, 0) >= n for k, n in cycle.items()):
-            self._early_tod = epoch.tod
-            self._close_epoch()
+        if not cycle:
+            return
+        for k, n in cycle.items():
+            if kinds.get(k, 0) < n:
+                return
+        self._early_tod = epoch.tod
+        self._close_epoch()
 
     def _late(self, reason: str) -> _Drop:
         """A sentence of an epoch already emitted early: the cycle is longer than learned."""
@@ -328,71 +360,142 @@ class NmeaDecoder:
             raise self._late("no_epoch") if self._early_tod is not None else _Drop("no_epoch")
         return self._epoch
 
-    def _gga(self, msg: Any) -> None:
-        quality = _get(msg, "gps_qual")
-        if not isinstance(quality, int) or not 0 <= quality <= 8:
-            raise _Drop("parse_error")
-        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), "no_fix" if quality == 0 else None)
-        _merge_fix(epoch, msg, FixQuality(quality), _get(msg, "horizontal_dil"))
+    def _tod(self, text: str) -> float | None:
+        """A time field as seconds since midnight (None if empty), converted by pynmea2.
 
-    def _gns(self, msg: Any) -> None:
-        mode = _get(msg, "mode_indicator") or ""
+        The RMC and GGA of one epoch carry the same text, so the last one is remembered:
+        pynmea2's timestamp is the dearest converter of an epoch.
+        """
+        if text == self._tod_text:
+            return self._tod_value
+        if not text:
+            return None
+        try:
+            t = nmea_utils.timestamp(text)
+        except Exception:
+            raise _Drop("parse_error") from None
+        tod: float = t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+        self._tod_text, self._tod_value = text, tod
+        return tod
+
+    def _position(self, data: list[str], i: int) -> tuple[float, float]:
+        """Latitude and longitude from the four fields at ``i`` (pynmea2's LatLonFix).
+
+        Receivers mostly repeat the same text in the RMC and GGA of an epoch, so the
+        last position decoded is remembered (only a valid one: errors are raised anew).
+        """
+        text = data[i : i + 4]
+        if text == self._position_text:
+            return self._position_value
+        lat_s, lat_dir, lon_s, lon_dir = text
+        if not lat_s or not lon_s:
+            raise _Drop("no_position")
+        if lat_dir not in ("N", "S") or lon_dir not in ("E", "W"):
+            raise _Drop("parse_error")
+        lat = _degrees(lat_s)
+        if lat_dir == "S":
+            lat = -lat
+        lon = _degrees(lon_s)
+        if lon_dir == "W":
+            lon = -lon
+        # ddmm.mmmm: pynmea2 accepts minutes >= 60 and degrees beyond the range.
+        if float(lat_s) % 100.0 >= 60.0 or float(lon_s) % 100.0 >= 60.0:
+            raise _Drop("impossible_coordinates")
+        if not plausible_coordinates(lat, lon):
+            raise _Drop("impossible_coordinates")
+        self._position_text, self._position_value = text, (lat, lon)
+        return lat, lon
+
+    # The handlers read pynmea2's field list by the indices its sentence classes
+    # declare (see _index), not through its attributes, and convert each field as
+    # that attribute would (see _float_field). They raise in the same order as the
+    # fields are checked below: the first failure names the drop.
+
+    def _gga(self, data: list[str]) -> None:
+        if len(data) < _GGA_WIDTH:
+            data = data + [""] * (_GGA_WIDTH - len(data))
+        quality = int(data[_GGA_QUAL])  # ValueError ("" too) -> parse_error
+        if not 0 <= quality <= 8:
+            raise _Drop("parse_error")
+        epoch = self._timed_epoch(self._tod(data[_GGA_TIME]), "no_fix" if quality == 0 else None)
+        lat, lon = self._position(data, _GGA_LAT)
+        _merge_fix(epoch, lat, lon, _GGA_QUALITY[quality], data[_GGA_HDOP], data[_GGA_SATS])
+
+    def _gns(self, data: list[str]) -> None:
+        if len(data) < _GNS_WIDTH:
+            data = data + [""] * (_GNS_WIDTH - len(data))
+        mode = data[_GNS_MODE]
         if not mode or any(c != "N" and c not in _MODE_QUALITY for c in mode):
             raise _Drop("parse_error")
         fixed = [c for c in mode if c != "N"]
-        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), None if fixed else "no_fix")
-        _merge_fix(epoch, msg, _MODE_QUALITY[fixed[0]], _get(msg, "hdop"))
+        epoch = self._timed_epoch(self._tod(data[_GNS_TIME]), None if fixed else "no_fix")
+        lat, lon = self._position(data, _GNS_LAT)
+        quality = _MODE_QUALITY[fixed[0]]
+        _merge_fix(epoch, lat, lon, quality, data[_GNS_HDOP], data[_GNS_SATS])
 
-    def _rmc(self, msg: Any) -> None:
-        mode = _get(msg, "mode_indicator") or ""
-        veto = "void_status" if _get(msg, "status") != "A" else "no_fix" if mode == "N" else None
+    def _rmc(self, data: list[str]) -> None:
+        if len(data) < _RMC_WIDTH:
+            data = data + [""] * (_RMC_WIDTH - len(data))
+        mode = data[_RMC_MODE]
+        veto = "void_status" if data[_RMC_STATUS] != "A" else "no_fix" if mode == "N" else None
         quality = _mode_quality(mode)
-        epoch = self._timed_epoch(_tod(_get(msg, "timestamp")), veto)
-        lat, lon = _position(msg)
-        speed = _speed(_get(msg, "spd_over_grnd"), KNOT_MS)
-        course = _course(_get(msg, "true_course"))
-        day = _day(_get(msg, "datestamp"))
+        epoch = self._timed_epoch(self._tod(data[_RMC_TIME]), veto)
+        lat, lon = self._position(data, _RMC_LAT)
+        speed = _speed(_float_field(data[_RMC_SPEED]), KNOT_MS)
+        course = course_or_none(_float_field(data[_RMC_COURSE]))
+        day = _day(data[_RMC_DATE])
         _merge_position(epoch, lat, lon, quality, 2)
-        _merge_motion(epoch, speed, course)
+        if epoch.speed is None:
+            epoch.speed = speed
+        if epoch.course is None:
+            epoch.course = course
         if epoch.day is None:
             epoch.day = day
         epoch.merged += 1
 
-    def _gll(self, msg: Any) -> None:
-        mode = _get(msg, "faa_mode") or ""
-        veto = "void_status" if _get(msg, "status") != "A" else "no_fix" if mode == "N" else None
+    def _gll(self, data: list[str]) -> None:
+        if len(data) < _GLL_WIDTH:
+            data = data + [""] * (_GLL_WIDTH - len(data))
+        mode = data[_GLL_MODE]
+        veto = "void_status" if data[_GLL_STATUS] != "A" else "no_fix" if mode == "N" else None
         quality = _mode_quality(mode)
-        tod = _tod(_get(msg, "timestamp"))
+        tod = self._tod(data[_GLL_TIME])
         # NMEA 2.0 GLL has no time: it joins the open epoch like VTG.
         untimed = tod is None and veto is None
         epoch = self._open_epoch() if untimed else self._timed_epoch(tod, veto)
-        lat, lon = _position(msg)
+        lat, lon = self._position(data, _GLL_LAT)
         _merge_position(epoch, lat, lon, quality, 1)
         epoch.merged += 1
 
-    def _vtg(self, msg: Any) -> None:
-        if (_get(msg, "faa_mode") or "") == "N":
+    def _vtg(self, data: list[str]) -> None:
+        if len(data) < _VTG_WIDTH:
+            data = data + [""] * (_VTG_WIDTH - len(data))
+        if data[_VTG_MODE] == "N":
             raise _Drop("no_fix")
         speed = None
-        if _get(msg, "spd_over_grnd_kts_sym") == "N":
-            speed = _speed(_get(msg, "spd_over_grnd_kts"), KNOT_MS)
-        if speed is None and _get(msg, "spd_over_grnd_kmph_sym") == "K":
-            speed = _speed(_get(msg, "spd_over_grnd_kmph"), 1.0 / 3.6)
+        if data[_VTG_KTS_SYM] == "N":
+            speed = _speed(_number(_converted(_VTG_KTS_CONV, data[_VTG_KTS])), KNOT_MS)
+        if speed is None and data[_VTG_KMPH_SYM] == "K":
+            speed = _speed(_float_field(data[_VTG_KMPH]), 1.0 / 3.6)
         course = (
-            _course(_get(msg, "true_track")) if _get(msg, "true_track_sym") in ("T", "") else None
+            course_or_none(_float_field(data[_VTG_TRACK]))
+            if data[_VTG_TRACK_SYM] in ("T", "")
+            else None
         )
         epoch = self._open_epoch()
         _merge_motion(epoch, speed, course)
         epoch.merged += 1
 
-    def _gsa(self, msg: Any) -> None:
-        fix_type = _get(msg, "mode_fix_type")
+    def _gsa(self, data: list[str]) -> None:
+        if len(data) < _GSA_WIDTH:
+            data = data + [""] * (_GSA_WIDTH - len(data))
+        fix_type = data[_GSA_FIX_TYPE]
         if fix_type == "1":
             raise _Drop("no_fix")
         if fix_type not in ("2", "3"):
             raise _Drop("parse_error")
-        hdop = _hdop(_get(msg, "hdop"))
-        used = sum(1 for sv in msg.data[2:14] if sv)
+        hdop = _hdop(data[_GSA_HDOP])
+        used = sum(1 for sv in data[2:14] if sv)
         epoch = self._open_epoch()
         if epoch.gsa_hdop is None:
             epoch.gsa_hdop = hdop
@@ -455,7 +558,7 @@ class NmeaDecoder:
         return None
 
 
-_HANDLERS: Final = {
+_HANDLERS: Final[dict[str, Callable[[NmeaDecoder, list[str]], None]]] = {
     "GGA": NmeaDecoder._gga,
     "GNS": NmeaDecoder._gns,
     "RMC": NmeaDecoder._rmc,
@@ -465,11 +568,118 @@ _HANDLERS: Final = {
 }
 
 
-def _merge_fix(epoch: _Epoch, msg: Any, quality: FixQuality, hdop_field: object) -> None:
+# -- where pynmea2 keeps the fields -------------------------------------------
+#
+# Attribute access on a pynmea2 sentence looks the field up by name and converts
+# it on every read; the decoder reads a dozen fields of each sentence, and that
+# access was most of its time. So the indices are looked up once, here, from the
+# field specs of pynmea2's sentence classes, along with a check that each field
+# still converts the way the handlers assume: a pynmea2 release that moves or
+# retypes a field fails at import instead of decoding differently.
+
+
+def _width(kind: str) -> int:
+    """Fields declared by pynmea2 for ``kind``; shorter sentences read as padded with ''."""
+    return len(pynmea2.TalkerSentence.sentence_types[kind].fields)
+
+
+def _index(kind: str, name: str, conv: object = None) -> int:
+    """Index of pynmea2's field ``name`` of ``kind``, which must convert with ``conv``."""
+    for i, spec in enumerate(pynmea2.TalkerSentence.sentence_types[kind].fields):
+        if spec[1] == name:
+            declared = spec[2] if len(spec) >= 3 else None
+            if declared is not conv:
+                raise RuntimeError(f"pynmea2 {kind}.{name} converts with {declared!r}")
+            return i
+    raise RuntimeError(f"pynmea2 {kind} has no field {name}")
+
+
+def _lat_index(kind: str) -> int:
+    """Index of the latitude; its hemisphere, the longitude and its hemisphere follow."""
+    i = _index(kind, "lat")
+    for k, name in enumerate(("lat_dir", "lon", "lon_dir"), 1):
+        if _index(kind, name) != i + k:
+            raise RuntimeError(f"pynmea2 {kind} has its position fields out of order")
+    return i
+
+
+_TIMESTAMP = nmea_utils.timestamp
+_GGA_WIDTH: Final = _width("GGA")
+_GGA_TIME: Final = _index("GGA", "timestamp", _TIMESTAMP)
+_GGA_LAT: Final = _lat_index("GGA")
+_GGA_QUAL: Final = _index("GGA", "gps_qual", int)
+_GGA_SATS: Final = _index("GGA", "num_sats")
+_GGA_HDOP: Final = _index("GGA", "horizontal_dil")
+_GGA_QUALITY: Final = tuple(FixQuality(q) for q in range(9))  # by quality indicator
+_GNS_WIDTH: Final = _width("GNS")
+_GNS_TIME: Final = _index("GNS", "timestamp", _TIMESTAMP)
+_GNS_LAT: Final = _lat_index("GNS")
+_GNS_MODE: Final = _index("GNS", "mode_indicator")
+_GNS_SATS: Final = _index("GNS", "num_sats")
+_GNS_HDOP: Final = _index("GNS", "hdop")
+_RMC_WIDTH: Final = _width("RMC")
+_RMC_TIME: Final = _index("RMC", "timestamp", _TIMESTAMP)
+_RMC_LAT: Final = _lat_index("RMC")
+_RMC_STATUS: Final = _index("RMC", "status")
+_RMC_MODE: Final = _index("RMC", "mode_indicator")
+_RMC_SPEED: Final = _index("RMC", "spd_over_grnd", float)
+_RMC_COURSE: Final = _index("RMC", "true_course", float)
+_RMC_DATE: Final = _index("RMC", "datestamp", nmea_utils.datestamp)
+_GLL_WIDTH: Final = _width("GLL")
+_GLL_TIME: Final = _index("GLL", "timestamp", _TIMESTAMP)
+_GLL_LAT: Final = _lat_index("GLL")
+_GLL_STATUS: Final = _index("GLL", "status")
+_GLL_MODE: Final = _index("GLL", "faa_mode")
+_VTG_WIDTH: Final = _width("VTG")
+_VTG_MODE: Final = _index("VTG", "faa_mode")
+_VTG_TRACK: Final = _index("VTG", "true_track", float)
+_VTG_TRACK_SYM: Final = _index("VTG", "true_track_sym")
+_VTG_KTS_CONV: Final = Decimal
+_VTG_KTS: Final = _index("VTG", "spd_over_grnd_kts", _VTG_KTS_CONV)
+_VTG_KTS_SYM: Final = _index("VTG", "spd_over_grnd_kts_sym")
+_VTG_KMPH: Final = _index("VTG", "spd_over_grnd_kmph", float)
+_VTG_KMPH_SYM: Final = _index("VTG", "spd_over_grnd_kmph_sym")
+_GSA_WIDTH: Final = _width("GSA")
+_GSA_FIX_TYPE: Final = _index("GSA", "mode_fix_type")
+_GSA_HDOP: Final = _index("GSA", "hdop")
+if _index("GSA", "sv_id01") != 2 or _index("GSA", "sv_id12") != 13:
+    raise RuntimeError("pynmea2 GSA has its satellite ids out of place")
+
+# A latitude or longitude field; pynmea2's dm_to_sd accepts the same.
+_LATLON = re.compile(r"^(\d+)(\d\d\.\d+)$")
+
+
+def _converted(conv: Callable[[str], object], text: str) -> object:
+    """A field as pynmea2's attribute returns it: converted, raw text on a failed
+    conversion, None when empty."""
+    if text == "":
+        return None
+    try:
+        return conv(text)
+    except Exception:
+        return text
+
+
+def _float_field(text: str) -> float | None:
+    """A field pynmea2 converts with ``float``, as :func:`_number` of its attribute.
+
+    Same result, one conversion: the attribute would be None for '', a float, or the
+    raw text when ``float`` fails, and _number would then fail on that text again.
+    """
+    return float(text) if text else None  # ValueError -> parse_error at the boundary
+
+
+def _merge_fix(
+    epoch: _Epoch,
+    lat: float,
+    lon: float,
+    quality: FixQuality,
+    hdop_text: str,
+    satellites_text: str,
+) -> None:
     """Merge a GGA or GNS: position, hdop and satellites (all read before any is merged)."""
-    lat, lon = _position(msg)
-    hdop = _hdop(hdop_field)
-    satellites = _count(_get(msg, "num_sats"))
+    hdop = _hdop(hdop_text)
+    satellites = _count(satellites_text)
     _merge_position(epoch, lat, lon, quality, 3)
     if epoch.hdop is None:
         epoch.hdop = hdop
@@ -491,46 +701,21 @@ def _merge_motion(epoch: _Epoch, speed: float | None, course: float | None) -> N
         epoch.course = course
 
 
-_LATLON = re.compile(r"^(\d+)(\d\d\.\d+)$")
+@functools.lru_cache(maxsize=64)
+def _day_ordinal(text: str) -> int:
+    # strptime is slow and the date repeats in every RMC of a day.
+    date: dt.date = nmea_utils.datestamp(text)
+    return date.toordinal()
 
 
-_FIELDS: dict[type, dict[str, tuple[int, Callable[[str], Any] | None]]] = {}
-
-
-def _fields(cls: Any) -> dict[str, tuple[int, Callable[[str], Any] | None]]:
-    """Where each named field of a pynmea2 sentence class sits and how it converts."""
-    spec = _FIELDS.get(cls)
-    if spec is None:
-        spec = {}
-        for i, f in enumerate(cls.fields):
-            conv = f[2] if len(f) >= 3 else None
-            spec[f[1]] = (i, _datestamp if conv is nmea_utils.datestamp else conv)
-        _FIELDS[cls] = spec
-    return spec
-
-
-def _get(msg: Any, name: str) -> Any:
-    """A field as pynmea2's attribute access returns it (converted, raw text on a failed
-    conversion, None when empty), without its per-access overhead: the decoder reads
-    a dozen fields of every sentence, and pynmea2's own access was most of its time."""
-    i, conv = _fields(type(msg))[name]
-    data = msg.data
-    v = data[i] if i < len(data) else ""
-    if conv is None:
-        return v
-    if v == "":
+def _day(text: str) -> int | None:
+    """The RMC date as a proleptic ordinal, None if empty."""
+    if not text:
         return None
     try:
-        return conv(v)
+        return _day_ordinal(text)
     except Exception:
-        return v
-
-
-@functools.lru_cache(maxsize=64)
-def _datestamp(s: str) -> dt.date:
-    # strptime is slow and the date repeats in every RMC of a day.
-    date: dt.date = nmea_utils.datestamp(s)
-    return date
+        raise _Drop("parse_error") from None
 
 
 def _degrees(dm: str) -> float:
@@ -542,51 +727,6 @@ def _degrees(dm: str) -> float:
         raise ValueError(f"Geographic coordinate value '{dm}' is not valid DDDMM.MMM")
     d, m = r.groups()
     return float(d) + float(m) / 60
-
-
-def _latitude(msg: Any) -> float:
-    """pynmea2's LatLonFix.latitude."""
-    sd = _degrees(_get(msg, "lat"))
-    direction = _get(msg, "lat_dir")
-    return sd if direction == "N" else -sd if direction == "S" else 0.0
-
-
-def _longitude(msg: Any) -> float:
-    sd = _degrees(_get(msg, "lon"))
-    direction = _get(msg, "lon_dir")
-    return sd if direction == "E" else -sd if direction == "W" else 0.0
-
-
-def _tod(value: object) -> float | None:
-    """pynmea2's timestamp as seconds since midnight; it hands back the raw text on failure."""
-    if value is None:
-        return None
-    if not isinstance(value, dt.time):
-        raise _Drop("parse_error")
-    return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
-
-
-def _day(value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.date):
-        raise _Drop("parse_error")
-    return value.toordinal()
-
-
-def _position(msg: Any) -> tuple[float, float]:
-    lat_s, lon_s = _get(msg, "lat"), _get(msg, "lon")
-    if not lat_s or not lon_s:
-        raise _Drop("no_position")
-    if _get(msg, "lat_dir") not in ("N", "S") or _get(msg, "lon_dir") not in ("E", "W"):
-        raise _Drop("parse_error")
-    lat, lon = _latitude(msg), _longitude(msg)
-    # ddmm.mmmm: pynmea2 accepts minutes >= 60 and degrees beyond the range.
-    if float(lat_s) % 100.0 >= 60.0 or float(lon_s) % 100.0 >= 60.0:
-        raise _Drop("impossible_coordinates")
-    if not plausible_coordinates(lat, lon):
-        raise _Drop("impossible_coordinates")
-    return lat, lon
 
 
 def _mode_quality(mode: str) -> FixQuality:
@@ -609,8 +749,7 @@ def _number(value: object) -> float | None:
     raise _Drop("parse_error")
 
 
-def _speed(value: object, to_ms: float) -> float | None:
-    number = _number(value)
+def _speed(number: float | None, to_ms: float) -> float | None:
     if number is None:
         return None
     speed = number * to_ms
@@ -619,20 +758,17 @@ def _speed(value: object, to_ms: float) -> float | None:
     return speed
 
 
-def _course(value: object) -> float | None:
-    """Course over ground in [0, 360), or None: a bad course is not worth the position."""
-    return course_or_none(_number(value))
-
-
-def _hdop(value: object) -> float | None:
-    number = _number(value)
+def _hdop(text: str) -> float | None:
+    """An hdop field (pynmea2 leaves it text); None if empty or implausible."""
+    number = float(text) if text else None  # ValueError -> parse_error at the boundary
     return number if number is not None and plausible_hdop(number) else None
 
 
-def _count(value: object) -> int | None:
-    if value is None or value == "":
+def _count(text: str) -> int | None:
+    """A satellite count (pynmea2 leaves it text); None if empty or implausible."""
+    if not text:
         return None
-    count = int(str(value))
+    count = int(text)
     return count if plausible_satellites(count) else None
 
 
