@@ -54,7 +54,9 @@ def without_demand(scenario: Scenarioish) -> Setup:
     setup = _setup(scenario)
     scen = setup.scenario
     quiet = scen.model_copy(
-        update={"intersections": [ic.model_copy(update={"demand": []}) for ic in scen.intersections]}
+        update={
+            "intersections": [ic.model_copy(update={"demand": []}) for ic in scen.intersections]
+        }
     )
     return Setup(setup.path, quiet, setup.deployment, setup.routes)
 
