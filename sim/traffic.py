@@ -85,7 +85,9 @@ class ApproachQueue:
                 f"({self.demand_veh_h} veh/h)"
             )
         self._rng = random.Random(stream_seed(self.seed, self.intersection, self.approach))
-        if self.demand_veh_h > 0:
+        # A demand so small that its rate underflows to 0 veh/s is no demand (no arrival
+        # would come within the age of the universe; expovariate(0) would divide by 0).
+        if self.demand_veh_h / 3600.0 > 0.0 and math.isfinite(3600.0 / self.demand_veh_h):
             headway = 3600.0 / self.demand_veh_h
             first = (
                 self._rng.expovariate(1.0 / headway)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sim.traffic import ApproachQueue, ArrivalKind, QueueParams
@@ -42,6 +42,7 @@ def test_no_green_no_departures_and_delay_grows_with_the_square_of_time() -> Non
     st.lists(st.floats(5.0, 60.0), min_size=2, max_size=10),
     st.integers(0, 10_000),
 )
+@example(5e-324, [5.0, 5.0], 0)  # a rate that underflows to 0 veh/s once divided by 3600
 def test_conservation_and_capacity_on_any_plan(
     demand: float, lengths: list[float], seed: int
 ) -> None:
