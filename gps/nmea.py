@@ -221,8 +221,10 @@ class NmeaDecoder:
         if cut >= 0:
             self._scan(buf[: cut + 1])
             buf = buf[cut + 1 :]
-        self._buf = self._bound(buf)
-        return self._take()
+        # The usual tail is empty or a short start of the next line: no need for _bound.
+        self._buf = buf if len(buf) <= MAX_SENTENCE_LEN else self._bound(buf)
+        out, self._out = self._out, []
+        return out
 
     def feed_line(self, line: str) -> list[Fix]:
         """Accept one complete line (with or without its line end).
@@ -266,10 +268,10 @@ class NmeaDecoder:
         """Frame sentences out of ``region``, in which every sentence is complete."""
         pos = 0
         for m in _TOKEN.finditer(region):
-            start = m.start()
+            start, end = m.span()
             if start > pos and region[pos:start].strip():
                 self.dropped["garbage"] += 1
-            pos = m.end()
+            pos = end
             if region[start] == 0x23:  # '#'
                 self.dropped["comment"] += 1
             else:

@@ -147,6 +147,27 @@ def test_fractional_seconds_are_kept() -> None:
     assert [f.time - NOON for f in fixes] == [0.25, 0.75]
 
 
+def test_repeated_field_text_decodes_like_new_text() -> None:
+    # The decoder remembers the last time and position text it converted: the
+    # hemispheres are part of the position, and a bad field is never remembered.
+    east = "GPRMC,{t},A,4929.1234,{ns},00828.5678,{ew},10.0,45.5,281125,,,A"
+    fixes, decoder = decode(
+        stream(
+            east.format(t="120000.00", ns="N", ew="E"),
+            east.format(t="120001.00", ns="S", ew="W"),
+            east.format(t="120002.00", ns="S", ew="Q"),
+            east.format(t="120003.00", ns="S", ew="W"),
+            east.format(t="120003.00", ns="S", ew="W").replace("120003.00", "12x003.00"),
+        )
+    )
+    assert [(f.time - NOON, f.lat, f.lon) for f in fixes] == [
+        (0.0, pytest.approx(49.48539), pytest.approx(8.47613)),
+        (1.0, pytest.approx(-49.48539), pytest.approx(-8.47613)),
+        (3.0, pytest.approx(-49.48539), pytest.approx(-8.47613)),
+    ]
+    assert decoder.dropped == Counter(parse_error=2)
+
+
 def test_hdop_and_satellites_from_gsa_when_there_is_no_gga() -> None:
     second_gsa = "GNGSA,A,3,65,66,,,,,,,,,,,1.8,1.1,1.5"
     fixes, _ = decode(stream(RMC, "GNGSA,A,3,01,02,03,,,,,,,,,,1.8,1.1,1.5", second_gsa))
