@@ -136,6 +136,9 @@ def _xor(body: bytes) -> int:
     return x & 0xFF
 
 
+if MAX_SENTENCE_LEN > 256:
+    raise RuntimeError("_xor folds at most 256 bytes: add a fold for longer sentences")
+
 _MODE_QUALITY: Final = {
     "A": FixQuality.GPS,
     "D": FixQuality.DGPS,
