@@ -160,11 +160,10 @@ def test_repeated_field_text_decodes_like_new_text() -> None:
             east.format(t="120003.00", ns="S", ew="W").replace("120003.00", "12x003.00"),
         )
     )
-    assert [(f.time - NOON, f.lat, f.lon) for f in fixes] == [
-        (0.0, pytest.approx(49.48539), pytest.approx(8.47613)),
-        (1.0, pytest.approx(-49.48539), pytest.approx(-8.47613)),
-        (3.0, pytest.approx(-49.48539), pytest.approx(-8.47613)),
-    ]
+    assert [f.time - NOON for f in fixes] == [0.0, 1.0, 3.0]
+    assert [c for f in fixes for c in (f.lat, f.lon)] == pytest.approx(
+        [49.48539, 8.47613, -49.48539, -8.47613, -49.48539, -8.47613]
+    )
     assert decoder.dropped == Counter(parse_error=2)
 
 
