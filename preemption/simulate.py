@@ -41,7 +41,7 @@ from sim.safety import StreetWatch, Violation
 from sim.scenario import EngineConfig, Scenario, load_scenario
 from sim.street import EngineTrip, Street
 from sim.traffic import ApproachQueue
-from sim.world import Corridor, free_flow_time
+from sim.world import Corridor, free_flow_on
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "config/scenarios"
 # The default of `preemption sim` and `preemption demo`: the real-city scenario.
@@ -264,19 +264,13 @@ def compare(
         _finish(setup, pre.street, StreetWatch(pre.street.controllers), base.street.t)
     horizon = max(pre.street.t, base.street.t)
     trip = pre.trip
-    free = free_flow_time(_spec(engine), trip.route_length)
+    free = free_flow_on(setup.routes[engine.route], engine, setup.scenario.scenario.step_s)
     signals = signal_metrics(
         trip, base.trip, pre.street.controllers, base.street.controllers, horizon
     )
     groups = {p.intersection: p.group for p in trip.passages}
     cross = cross_traffic(signals, pre.queues, base.queues, groups)
     return Comparison(engine, base, pre, free, signals, cross)
-
-
-def _spec(engine: EngineConfig) -> Any:
-    from sim.engine import EngineSpec
-
-    return EngineSpec(engine.max_speed_kmh / 3.6, engine.accel, engine.decel, engine.length_m)
 
 
 # -- sweeps ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 One-dimensional along the route (distance s). The speed rule is Krauss's safe
 speed reduced to a fixed obstacle: never faster than what still allows a
 comfortable stop ``STOP_GAP_M`` before the next stop line that the engine has to
-stop at. Signals are seen at the start of every step.
+stop at, and never faster than the route's speed profile at s (``speed_limit``:
+limits, curves and turns, with the braking for them). Signals are seen at the
+start of every step.
 
 The stop-or-go decision at a yellow is taken once, when the engine first sees the
 yellow: if it can still stop comfortably (its braking distance at ``decel`` is at
@@ -86,6 +88,9 @@ class EngineRun:
     crossings: list[Crossing] = field(default_factory=list)
     finished_at: float | None = None  # when the front reached the end of the route
     red_crossing_speed: float | None = None  # m/s at a red line; None: stop at red
+    # The route's drivable speed at s (limits, curves, braking for them in time); None:
+    # the engine's maximum speed everywhere.
+    speed_limit: Callable[[float], float] | None = None
     _next: int = field(default=0, init=False, repr=False)  # index of the next stop line ahead
     _was_moving: bool = field(default=False, init=False, repr=False)
     # Decisions at yellow, per stop line index, kept until it shows green or is passed.
@@ -99,6 +104,8 @@ class EngineRun:
     def step(self, dt: float) -> None:
         spec = self.spec
         v_allowed = min(spec.max_speed, self._safe_speed())
+        if self.speed_limit is not None:
+            v_allowed = min(v_allowed, self.speed_limit(self.s))
         v_new = max(0.0, min(self.v + spec.accel * dt, v_allowed))
         # Braking is bounded (twice the comfortable rate): physics, not wishes.
         v_new = max(v_new, self.v - 2 * spec.decel * dt)

@@ -126,6 +126,10 @@ class EngineConfig(_Strict):
     accel: Positive = 1.0
     decel: Positive = 2.5
     length_m: Positive = 10.0
+    # Lateral acceleration the crew allows in curves and turns: with the route's speed
+    # limit (if its file has one) and the engine's top speed it makes the speed profile
+    # (routes/speed.py) that the engine drives and the matcher's ETAs assume.
+    lateral_accel: Annotated[float, Field(gt=0, le=10)] = 1.5
 
 
 class ScenarioInfo(_Strict):

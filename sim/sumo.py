@@ -57,6 +57,7 @@ from sim.sumo_realnet import (
     traffic_lights,
 )
 from sim.sumo_realnet import background_vehicles as real_background_vehicles
+from sim.world import engine_profile
 
 STOPPED_SPEED = 0.1  # m/s; slower counts as standing (SUMO's waitingTime)
 ENGINE_TYPE = "fire_engine"
@@ -153,6 +154,10 @@ class SumoStreet:
         self._t = 0.0
         self._steps = 0
         self._track = _Track()
+        # The engine drives its speed profile (slower in curves and turns) in both street
+        # models: SUMO's own turn speeds are the network's, not the engine's.
+        self._profile = engine_profile(self.route, engine)
+        self._max_set = math.nan
         self.background = 0
         self.real_net: Path | None = built_network(route_files) if route_files else None
         self._bindings: dict[str, TlBinding] = {}
@@ -443,6 +448,11 @@ class SumoStreet:
             sig = self.signals[i]
             aspects[i] = self._controllers[sig.intersection].aspect(sig.group)
         self._push_signals()
+        if tr.in_sumo and tr.arrived_at is None:
+            v_max = min(self.max_speed, self._profile.speed_at(tr.s))
+            if not abs(v_max - self._max_set) < 1e-3:
+                self._libsumo.vehicle.setMaxSpeed(self.engine_cfg.vehicle, v_max)
+                self._max_set = v_max
         self._libsumo.simulationStep()
         self._steps += 1
         self._t = self._steps * dt

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from preemption.config import ConfigError
 from routes.geojson import RouteSet
 from routes.geometry import MetricRoute
+from routes.speed import EngineProfile, SpeedProfile
 from sim.controller import Aspect, SignalController
 from sim.engine import EngineRun, EngineSpec, StopLine
 from sim.gnss import PRESETS, GnssErrorModel, to_nmea
@@ -111,12 +112,14 @@ class Corridor:
             decel=engine.decel,
             length_m=engine.length_m,
         )
+        self.profile = engine_profile(self.route, engine)
         self.engine = EngineRun(
             spec=spec,
             route_length=self.route.length,
             stop_lines=[],
             t=engine.depart_s,
             red_crossing_speed=(scenario.baseline.red_crossing_kmh / 3.6 if red_crossing else None),
+            speed_limit=self.profile.speed_at,
         )
         self.signals = self._signals_on_route(scenario, engine)
         self.engine.stop_lines = [self._stop_line(sig) for sig in self.signals]
@@ -270,11 +273,33 @@ class Corridor:
             yield self._t
 
 
-def free_flow_time(spec: EngineSpec, length: float) -> float:
-    """The engine's time over ``length`` from standstill with every signal green and nobody
-    in the way: accelerate at ``spec.accel`` to its maximum speed, then cruise."""
-    v, a = spec.max_speed, spec.accel
-    d_acc = v * v / (2 * a)
-    if length <= d_acc:
-        return math.sqrt(2 * length / a)
-    return v / a + (length - d_acc) / v
+def engine_profile(route: MetricRoute, engine: EngineConfig) -> SpeedProfile:
+    """The speed profile the engine drives on its route: the route's limit (when its file
+    has one) or the engine's top speed, slower in curves, braking for them in time."""
+    top = engine.max_speed_kmh / 3.6
+    return SpeedProfile(
+        route,
+        EngineProfile(
+            target_speed=top,
+            max_speed=top,
+            accel=engine.accel,
+            decel=engine.decel,
+            lateral_accel=engine.lateral_accel,
+        ),
+    )
+
+
+def free_flow_on(route: MetricRoute, engine: EngineConfig, step_s: float = 0.1) -> float:
+    """The engine's free-flow time on its route: its speed profile from a standstill,
+    every signal green and nobody in the way (the model engine on an empty street)."""
+    spec = EngineSpec(engine.max_speed_kmh / 3.6, engine.accel, engine.decel, engine.length_m)
+    run = EngineRun(
+        spec=spec,
+        route_length=route.length,
+        stop_lines=[],
+        speed_limit=engine_profile(route, engine).speed_at,
+    )
+    while not run.finished:
+        run.step(step_s)
+    assert run.finished_at is not None
+    return run.finished_at

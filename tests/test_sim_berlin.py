@@ -36,6 +36,6 @@ def test_preemption_saves_time_against_the_baseline_with_queues(
         assert base.stops >= 1  # background traffic and the plans stop the engine today
         assert pre.travel_time < base.travel_time
         assert pre.waiting_time < base.waiting_time
-        assert c.free_flow_s <= pre.travel_time
+        assert c.free_flow_s <= pre.travel_time + 1e-6
         # the whole route at the engine's speed, and the signals really were crossed
         assert [p.intersection for p in pre.passages] == [p.intersection for p in base.passages]

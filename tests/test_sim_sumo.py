@@ -487,6 +487,8 @@ def test_berlin_r1_without_traffic_agrees_on_the_real_network(
         assert ours.stops >= 3
         assert theirs.trip.stops == ours.stops
     assert agreement.aspects_agree
+    # The bar: arrivals within 2 s, travel time within 2 % (docs/sumo.md has
+    # the figures: both engines drive the route's speed profile, turns included).
     assert agreement.max_arrival_difference_s <= 2.0, agreement.to_json()
-    # Measured: +0.2 % baseline, +2.4 % pre-empted (docs/sumo.md: the last 490 m after K8).
-    assert abs(agreement.travel_time_difference) <= 0.03, agreement.to_json()
+    assert abs(agreement.travel_time_difference) <= 0.02, agreement.to_json()
+    assert agreement.passed
