@@ -19,7 +19,7 @@ from routes.geojson import RouteFileError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # the input (configuration, route or scenario file) is unusable
-BENCH_NAMES = ("pipeline", "match", "identify", "planner", "nmea", "demo", "sim")
+BENCH_NAMES = ("pipeline", "match", "identify", "identify_large", "planner", "nmea", "demo", "sim")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

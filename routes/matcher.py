@@ -64,10 +64,10 @@ class Verdict(StrEnum):
 class MatcherConfig:
     sigma_m: float = 10.0  # stationary std of the receiver's wandering error, per axis
     tau_s: float = 30.0  # its correlation time
-    white_m: float = 3.0  # independent noise per fix, plus the lane's offset from the centre line
+    white_m: float = 4.0  # independent noise per fix, plus the lane's offset from the centre line
     outlier_prob: float = 0.03  # share of fixes that are multipath: explained by nothing
     outlier_radius_m: float = 150.0  # uniform outlier density over this disc
-    heading_kappa: float = 30.0  # von Mises concentration of course over ground (~10 deg)
+    heading_kappa: float = 80.0  # von Mises concentration of course over ground (~6 deg)
     heading_cap: float = 8.0  # most a fix's course can count against a route (log units)
     min_course_speed: float = 3.0  # m/s below which course over ground is noise
     corner_m: float = 12.0  # the course may match any segment this close (corners)
@@ -76,7 +76,7 @@ class MatcherConfig:
     acquire_heading_deg: float = 60.0  # and only when the course agrees this well
     commit_probability: float = 0.95
     fork_sigmas: float = 2.0  # commit only this many sigma of s past the fork
-    commit_fixes: int = 2  # fixes in a row the route must be ready to commit
+    commit_fixes: int = 3  # fixes in a row the route must be ready to commit
     keep_probability: float = 0.3  # a committed route stays committed above this
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
@@ -466,15 +466,22 @@ class RouteMatcher:
 
     def _resync(self, fix: Fix, x: float, y: float, course_ok: bool) -> None:
         """Every fix an outlier for a while: the track is off, not the fixes. Start the
-        filters afresh from this fix, keeping what the weights have learned."""
+        filters afresh from this fix, keeping what the weights have learned.
+
+        The reported distance does not run backwards (only a U-turn verdict does
+        that): a track that was ahead of the vehicle holds its distance until the
+        vehicle has caught up, so ETAs err on the early side meanwhile.
+        """
         self.counters["resync"] += 1
         self._outliers = 0
         for rid in list(self._hyps):
+            old = self._hyps[rid]
             fresh = self._start(rid, x, y, fix, course_ok)
             if fresh is None:
                 del self._hyps[rid]
                 del self._logw[rid]
             else:
+                fresh[0].s_out = max(fresh[0].s_out, old.s_out)
                 self._hyps[rid] = fresh[0]
                 self._logw[rid] += fresh[1]
         if self._hyps:

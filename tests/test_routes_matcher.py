@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from preemption.model import Fix, RoutePosition
@@ -242,6 +242,8 @@ def test_every_signal_ahead_has_an_ordered_eta_band(s: float, v: float) -> None:
         max_size=5,
     )
 )
+@example([(0, 42.0, 0.0)])  # an outlier as the first fix: acquired at the next one
+@example([(0, 44.0, 55.0)])  # ... or acquired 40 m ahead, resynchronised 15 fixes later
 def test_outliers_never_flip_a_commitment_or_move_the_track_back(
     jumps: list[tuple[int, float, float]],
 ) -> None:
@@ -255,6 +257,8 @@ def test_outliers_never_flip_a_commitment_or_move_the_track_back(
             d, a = bursts[k]
             fix = offset_fix(fix, d * math.sin(math.radians(a)), d * math.cos(math.radians(a)))
         pos = m.update(fix)
+        if k == 0 and k in bursts and not pos.on_route:
+            continue  # the very first fix thrown 40 m off: nothing to acquire yet
         assert pos.on_route
         assert pos.distance_m >= last_s - 1e-9
         last_s = pos.distance_m
