@@ -72,11 +72,15 @@ class DemoReport:
         saved = self.baseline_travel_time_s - self.travel_time_s
         pct = 100 * saved / self.baseline_travel_time_s if self.baseline_travel_time_s else 0.0
         out.append(
-            f"travel time {self.travel_time_s:.1f} s with pre-emption ({self.stops} stops), "
-            f"{self.baseline_travel_time_s:.1f} s without ({self.baseline_stops} stops): "
+            f"travel time {self.travel_time_s:.1f} s with pre-emption ({_stops(self.stops)}), "
+            f"{self.baseline_travel_time_s:.1f} s without ({_stops(self.baseline_stops)}): "
             f"{saved:.1f} s ({pct:.0f} %) saved"
         )
         return out
+
+
+def _stops(n: int) -> str:
+    return "1 stop" if n == 1 else f"{n} stops"
 
 
 def _r(v: Any) -> Any:
