@@ -236,6 +236,17 @@ def bench_planner(steps: int = 20000) -> dict[str, Any]:
     }
 
 
+# The identification figures proper (Results.summary keys).
+IDENTIFICATION = (
+    "commit_within_50m_pct",
+    "median_commit_m",
+    "wrong_commit_pct",
+    "wrong_decision_pct",
+    "false_off_route_pct",
+    "undecided",
+)
+
+
 def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     """Route identification, position and ETA accuracy over seeded runs (sim/identify.py).
 
@@ -272,18 +283,7 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     summary = res.summary()
     summary["runs"] = runs
     with_dropouts = dropouts.summary()
-    summary["with_dropouts"] = {
-        k: with_dropouts[k]
-        for k in (
-            "commit_within_50m_pct",
-            "median_commit_m",
-            "wrong_commit_pct",
-            "wrong_decision_pct",
-            "false_off_route_pct",
-            "undecided",
-        )
-        if k in with_dropouts
-    }
+    summary["with_dropouts"] = {k: with_dropouts[k] for k in IDENTIFICATION if k in with_dropouts}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     return summary
 
@@ -329,19 +329,8 @@ def bench_identify_large(n_stations: int = 50, seeds: int = 10) -> dict[str, Any
                 gnss = GnssErrorConfig(sigma_m=10.0, dropout_rate_per_h=0.0)
                 run_identify(st, rid, gnss, 100_000 * i + 1000 * k + seed, res)
     s = res.summary()
-    keys = (
-        "runs_branch_points",
-        "identify_runs",
-        "commit_within_50m_pct",
-        "median_commit_m",
-        "wrong_commit_pct",
-        "wrong_decision_pct",
-        "false_off_route_pct",
-        "undecided",
-        "by_angle_class",
-        "route_commit_median_m",
-        "route_commit_p95_m",
-    )
+    keys = ("runs_branch_points", "identify_runs", *IDENTIFICATION, "by_angle_class")
+    keys += ("route_commit_median_m", "route_commit_p95_m")
     out = {k: s[k] for k in keys if k in s}
     out["wall_s"] = round(time.perf_counter() - started, 1)
     return out
