@@ -168,23 +168,38 @@ class _Hypothesis:
         s11: float,
         s12: float,
         s22: float,
-        a: tuple[float, float, float],
-        c: tuple[float, float, float],
+        a0: float,
+        a1: float,
+        a2: float,
+        c0: float,
+        c1: float,
+        c2: float,
     ) -> None:
+        """Kalman update with the quantities :meth:`gate` returns, in its order."""
         det = s11 * s22 - s12 * s12
         i11, i12, i22 = s22 / det, -s12 / det, s11 / det
-        # K = P·Hᵀ·S⁻¹, rows for s, bx, by.
-        k = [(a[j] * i11 + c[j] * i12, a[j] * i12 + c[j] * i22) for j in range(3)]
-        self.s += k[0][0] * e1 + k[0][1] * e2
-        self.bx += k[1][0] * e1 + k[1][1] * e2
-        self.by += k[2][0] * e1 + k[2][1] * e2
+        # K = P·Hᵀ·S⁻¹: one row (along, across) for each of s, bx, by.
+        ks1, ks2 = a0 * i11 + c0 * i12, a0 * i12 + c0 * i22
+        kx1, kx2 = a1 * i11 + c1 * i12, a1 * i12 + c1 * i22
+        ky1, ky2 = a2 * i11 + c2 * i12, a2 * i12 + c2 * i22
+        self.s += ks1 * e1 + ks2 * e2
+        self.bx += kx1 * e1 + kx2 * e2
+        self.by += ky1 * e1 + ky2 * e2
         # P -= K (P·Hᵀ)ᵀ
-        self.pss -= k[0][0] * a[0] + k[0][1] * c[0]
-        self.psx -= k[0][0] * a[1] + k[0][1] * c[1]
-        self.psy -= k[0][0] * a[2] + k[0][1] * c[2]
-        self.pxx -= k[1][0] * a[1] + k[1][1] * c[1]
-        self.pxy -= k[1][0] * a[2] + k[1][1] * c[2]
-        self.pyy -= k[2][0] * a[2] + k[2][1] * c[2]
+        self.pss -= ks1 * a0 + ks2 * c0
+        self.psx -= ks1 * a1 + ks2 * c1
+        self.psy -= ks1 * a2 + ks2 * c2
+        self.pxx -= kx1 * a1 + kx2 * c1
+        self.pxy -= kx1 * a2 + kx2 * c2
+        self.pyy -= ky1 * a2 + ky2 * c2
+
+
+# One filter's step in _track, for the verdicts: the filter, its routes' geometry, the
+# routes, how far they share their vertices, the fix's log-likelihood, the Kalman gate
+# and the course's angle off the segment under the fix.
+_Step = tuple["_Hypothesis", RouteGeometry, list[str], float, float, tuple[float, ...], float]
+# A filter, the routes sharing it and how far those share their vertices.
+_Group = tuple["_Hypothesis", list[str], float]
 
 
 class RouteMatcher:
@@ -203,6 +218,8 @@ class RouteMatcher:
         self.verdict = Verdict.SEARCHING
         self.counters: Counter[str] = Counter()
         self._hyps: dict[str, _Hypothesis] = {}  # route -> filter (shared by twins)
+        # Each filter with its routes, in _hyps' order; None after any change of _hyps.
+        self._members: list[_Group] | None = None
         self._logw: dict[str, float] = {}  # route -> log weight
         self._committed: str | None = None
         self._time: float | None = None
@@ -214,6 +231,8 @@ class RouteMatcher:
         self._aligned_course: float | None = None  # last course that followed the route
         self._leader: tuple[str, int] = ("", 0)  # route ready to commit, fixes in a row
         self._last: RoutePosition | None = None
+        # (route, compatible routes, shared flag of each of the route's signals)
+        self._shared_for: tuple[str, list[str], list[bool]] = ("", [], [])
 
     # -- inputs from outside --------------------------------------------------
 
@@ -312,8 +331,9 @@ class RouteMatcher:
             return None  # crossing the route, or driving it the wrong way
         var = cfg.sigma_m**2
         h = _Hypothesis(s=proj.s, pss=4 * var, pxx=var, pyy=var, s_out=proj.s)
-        e1, e2, s11, s12, s22, *pc = h.gate(proj, cfg.white_m**2)
-        h.correct(e1, e2, s11, s12, s22, (pc[0], pc[1], pc[2]), (pc[3], pc[4], pc[5]))
+        gate = h.gate(proj, cfg.white_m**2)
+        h.correct(*gate)
+        e2, s22 = gate[1], gate[4]
         h.proj = proj
         h.s_out = h.s
         return h, -0.5 * (e2 * e2 / s22)
@@ -331,6 +351,7 @@ class RouteMatcher:
     def _share(self) -> None:
         """Let routes whose filters are in the same state on the same vertices share
         one filter object (after acquisition and resync)."""
+        self._members = None
         leaders: dict[tuple[object, ...], _Hypothesis] = {}
         for rid, h in self._hyps.items():
             hi = h.s + self._reach(h.pss, h.pxx, h.pyy)
@@ -348,24 +369,32 @@ class RouteMatcher:
         r = cfg.white_m**2
         outlier_ll = math.log(cfg.outlier_prob / (math.pi * cfg.outlier_radius_m**2))
         inlier_log_prior = math.log(1.0 - cfg.outlier_prob)
-        results = []
+        course = fix.course or 0.0
+        # The course as a unit vector (east, north), once per fix for every comparison
+        # with the routes' segments.
+        rad = math.radians(course)
+        cx, cy = math.sin(rad), math.cos(rad)
+        # A vehicle turning back does not keep moving on in the filter. (Only over a
+        # short interval: after a gap the route may have turned meanwhile.)
+        check_back = course_ok and dt <= 2.0
+        results: list[_Step] = []
         best_inlier = -math.inf
-        groups = self._groups(travel, q_s, q_b)
-        for h, rids in groups:
+        for h, rids, until in self._groups(travel, q_s, q_b):
             g = self.index.geometry[rids[0]]
             along = travel
-            if course_ok and dt <= 2.0:
-                # A vehicle turning back does not keep moving on in the filter. (Only over
-                # a short interval: after a gap the route may have turned meanwhile.)
-                reach = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
-                if g.heading_agreement(fix.course or 0.0, h.s, reach) < -0.3:
+            if check_back:
+                reach = cfg.corner_m + 2.0 * math.sqrt(0.0 if h.pss < 0.0 else h.pss)
+                if g.agreement(cx, cy, h.s, reach) < -0.3:
                     along = 0.0
             h.predict(along, q_s, phi, q_b)
-            ll, gate, proj = self._evaluate(h, g, fix, x, y, r, course_ok)
+            ll, gate, proj = self._evaluate(h, g, x, y, r, course_ok, cx, cy)
             h.proj = proj
             h.innovation = gate[1]
-            results.append((h, rids, ll, gate))
-            best_inlier = max(best_inlier, ll + inlier_log_prior)
+            # How far the course is off the segment under the fix (0 without a course).
+            off = heading_difference(course, proj.heading) if course_ok else 0.0
+            results.append((h, g, rids, until, ll, gate, off))
+            if ll + inlier_log_prior > best_inlier:
+                best_inlier = ll + inlier_log_prior
         outlier = best_inlier < outlier_ll
         if outlier:
             # Nothing explains the fix: a multipath jump. The prediction stands.
@@ -373,25 +402,20 @@ class RouteMatcher:
             self._outliers += 1
         else:
             self._outliers = 0
-            logw = self._logw
-            for h, rids, ll, gate in results:
+        logw = self._logw
+        for h, g, rids, _, ll, gate, off in results:
+            if not outlier:
                 gain = cfg.evidence_weight * _logaddexp(ll + inlier_log_prior, outlier_ll)
                 for rid in rids:
                     logw[rid] += gain
-                assert h.proj is not None
                 # Heading away from the route, the offset is the driver's doing, not the
                 # receiver's: learn nothing from it.
-                if (
-                    course_ok
-                    and heading_difference(fix.course or 0.0, h.proj.heading)
-                    > cfg.leave_heading_deg
-                ):
-                    continue
-                e1, e2, s11, s12, s22, a0, a1, a2, c0, c1, c2 = gate
-                h.correct(e1, e2, s11, s12, s22, (a0, a1, a2), (c0, c1, c2))
-        for h, rids, _, _ in results:
-            h.s = min(max(h.s, 0.0), self.index.geometry[rids[0]].length)
-            h.s_out = max(h.s_out, h.s)
+                if not (course_ok and off > cfg.leave_heading_deg):
+                    h.correct(*gate)
+            s = 0.0 if h.s < 0.0 else h.s
+            h.s = g.length if g.length < s else s
+            if h.s > h.s_out:
+                h.s_out = h.s
         if sog is not None:
             self._speed = sog
         elif dt > 0 and results:
@@ -399,24 +423,35 @@ class RouteMatcher:
         self._normalise()
         if self._outliers >= cfg.resync_after:
             self._resync(fix, x, y, course_ok)
-        self._judge(fix, course_ok, outlier, groups)
+        self._judge(course_ok, course, cx, cy, outlier, results)
 
-    def _groups(self, travel: float, q_s: float, q_b: float) -> list[tuple[_Hypothesis, list[str]]]:
-        """Each filter with the routes sharing it, split first where those routes' vertices
-        part within the filter's reach after this step's prediction."""
-        members: dict[int, tuple[_Hypothesis, list[str]]] = {}
-        for rid, h in self._hyps.items():
-            entry = members.get(id(h))
-            if entry is None:
-                members[id(h)] = (h, [rid])
-            else:
-                entry[1].append(rid)
-        out: list[tuple[_Hypothesis, list[str]]] = []
-        for h, rids in members.values():
+    def _groups(self, travel: float, q_s: float, q_b: float) -> list[_Group]:
+        """Each filter with the routes sharing it and how far they share their vertices,
+        split first where those routes' vertices part within the filter's reach after
+        this step's prediction."""
+        # Which routes share which filter changes only when _hyps does (acquisition,
+        # resync, a split, pruning, a drop: each clears the cache), not from fix to fix.
+        members = self._members
+        if members is None:
+            by_filter: dict[int, tuple[_Hypothesis, list[str]]] = {}
+            for rid, h in self._hyps.items():
+                entry = by_filter.get(id(h))
+                if entry is None:
+                    by_filter[id(h)] = (h, [rid])
+                else:
+                    entry[1].append(rid)
+            members = self._members = [
+                (h, rids, self.index.shared_until(rids)) for h, rids in by_filter.values()
+            ]
+        out: list[_Group] = []
+        for h, rids, until in members:
             if len(rids) == 1:
-                out.append((h, rids))
+                out.append((h, rids, until))
                 continue
             hi = h.s + max(travel, 0.0) + self._reach(h.pss + q_s, h.pxx + q_b, h.pyy + q_b)
+            if 0.0 < hi < until:
+                out.append((h, rids, until))  # twin() would agree for all of them
+                continue
             parts: dict[str, list[str]] = {}
             for rid in rids:
                 parts.setdefault(self.index.twin(rid, hi), []).append(rid)
@@ -424,23 +459,27 @@ class RouteMatcher:
                 filt = h if k == 0 else h.copy()
                 for rid in part:
                     self._hyps[rid] = filt
-                out.append((filt, part))
+                out.append((filt, part, self.index.shared_until(part)))
+            # Rebuilt from _hyps next fix: its order of filters may differ from this one.
+            self._members = None
         return out
 
     def _evaluate(
         self,
         h: _Hypothesis,
         g: RouteGeometry,
-        fix: Fix,
         x: float,
         y: float,
         r: float,
         course_ok: bool,
+        cx: float,
+        cy: float,
     ) -> tuple[float, tuple[float, ...], Projection]:
         """Log-likelihood of the fix under one predicted hypothesis, the Kalman gate
-        quantities for its update, and the projection they refer to."""
+        quantities for its update, and the projection they refer to. (cx, cy): the
+        course as a unit vector."""
         cfg = self.config
-        sd = math.sqrt(max(h.pss, 1e-6))
+        sd = math.sqrt(1e-6 if h.pss < 1e-6 else h.pss)
         reach = cfg.corner_sigmas * sd + 5.0
         if g.turn_between(h.s - reach, h.s + reach) > cfg.corner_turn_deg:
             # A corner within the along-track uncertainty: one linearisation would
@@ -459,9 +498,9 @@ class RouteMatcher:
             maha = (s22 * e1 * e1 - 2 * s12 * e1 * e2 + s11 * e2 * e2) / det
             ll = -0.5 * maha - _LOG_2PI - 0.5 * math.log(det)
         if course_ok:
-            agree = g.heading_agreement(fix.course or 0.0, proj.s, cfg.corner_m)
+            term = cfg.heading_kappa * (g.agreement(cx, cy, proj.s, cfg.corner_m) - 1.0)
             # Capped: a drawn route's heading is not a surveyed one.
-            ll += max(cfg.heading_kappa * (agree - 1.0), -cfg.heading_cap)
+            ll += -cfg.heading_cap if term < -cfg.heading_cap else term
         return ll, gate, proj
 
     def _resync(self, fix: Fix, x: float, y: float, course_ok: bool) -> None:
@@ -474,6 +513,7 @@ class RouteMatcher:
         """
         self.counters["resync"] += 1
         self._outliers = 0
+        self._members = None
         for rid in list(self._hyps):
             old = self._hyps[rid]
             fresh = self._start(rid, x, y, fix, course_ok)
@@ -492,58 +532,60 @@ class RouteMatcher:
 
     def _judge(
         self,
-        fix: Fix,
         course_ok: bool,
+        course: float,
+        cx: float,
+        cy: float,
         outlier: bool,
-        groups: list[tuple[_Hypothesis, list[str]]],
+        results: list[_Step],
     ) -> None:
         """Left the route or turned around? Judged by the hypotheses that carry the weight.
 
         The course over ground (Doppler) is compared with the route around the
         filter's s, not around the fix's projection: a multipath fix projects
         anywhere, the course does not jump with it. A hypothesis with little weight
-        (a branch just past a fork) does not veto a verdict.
+        (a branch just past a fork) does not veto a verdict. (cx, cy): the course as
+        a unit vector.
         """
         cfg = self.config
         probs = self._probs
-        course = fix.course or 0.0
         reversing_w = drifting_w = along_w = flipped_w = 0.0
-        for h, members in groups:
+        for h, _, members, until, _, _, off in results:
             rids = [r for r in members if r in probs]
             if not rids:
                 continue  # pruned
             if course_ok:
-                wide_r = cfg.corner_m + 2.0 * math.sqrt(max(h.pss, 0.0))
+                wide_r = cfg.corner_m + 2.0 * math.sqrt(0.0 if h.pss < 0.0 else h.pss)
                 hi = h.s + wide_r
                 # The routes sharing this filter share their vertices up to the filter's
                 # reach before the correction; judge each alone if that has moved on past.
                 parts = (
                     [rids]
                     if len(rids) == 1
+                    or 0.0 < hi < until  # see RouteIndex.shared_until
                     or self.index.twin(rids[0], hi) == self.index.twin(rids[-1], hi)
                     else [[r] for r in rids]
                 )
+                # Against the segment under the fix itself: a U-turn just behind a
+                # corner the filter has already rounded.
+                flipped = off >= cfg.uturn_flip_deg
+                drifts = abs(h.innovation) >= cfg.leave_offset_m
                 for part in parts:
                     g = self.index.geometry[part[0]]
-                    w = sum(probs[r] for r in part)
-                    near = _angle_of(g.heading_agreement(course, h.s, cfg.corner_m))
-                    wide = _angle_of(g.heading_agreement(course, h.s, wide_r))
+                    w = sum([probs[r] for r in part])
+                    near_c, wide_c = g.agreements(cx, cy, h.s, cfg.corner_m, wide_r)
+                    near = _angle_of(near_c)
                     if near >= cfg.uturn_heading_deg:
                         reversing_w += w
                     if near <= cfg.along_heading_deg:
                         along_w += w
-                    # Against the segment under the fix itself: a U-turn just behind a
-                    # corner the filter has already rounded.
-                    if (
-                        h.proj is not None
-                        and heading_difference(course, h.proj.heading) >= cfg.uturn_flip_deg
-                    ):
+                    if flipped:
                         flipped_w += w
-                    if abs(h.innovation) >= cfg.leave_offset_m and wide >= cfg.leave_heading_deg:
+                    if drifts and _angle_of(wide_c) >= cfg.leave_heading_deg:
                         drifting_w += w
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
                 # Without a course, only a sustained drift (not a burst) counts.
-                drifting_w += sum(probs[r] for r in rids)
+                drifting_w += sum([probs[r] for r in rids])
         # The vehicle's own course flipping against the last course it drove along the
         # route: a U-turn whatever a stray hypothesis past a fork may say.
         # (Near a corner some segment is always within 120 degrees of any course, so
@@ -574,6 +616,7 @@ class RouteMatcher:
         self.counters[verdict.value] += 1
         self.verdict = verdict
         self._hyps.clear()
+        self._members = None
         self._logw.clear()
         self._committed = None
         self._leaving = self._reversing = 0
@@ -582,19 +625,23 @@ class RouteMatcher:
         """Weights to probabilities (kept for this fix), dropping the negligible."""
         logw = self._logw
         top = max(logw.values())
-        weights = {}
-        for r in logw:
-            logw[r] -= top
-            weights[r] = math.exp(logw[r])
-        total = sum(weights.values())
-        probs = {r: w / total for r, w in weights.items()}
-        for r, p in list(probs.items()):
-            if p < self.config.prune_probability:
-                del self._hyps[r]
-                del logw[r]
-                del probs[r]
-        rest = sum(probs.values())
-        self._probs = {r: p / rest for r, p in probs.items()}
+        for r, v in logw.items():
+            logw[r] = v - top
+        weights = [math.exp(v) for v in logw.values()]
+        total = sum(weights)
+        probs = [w / total for w in weights]
+        rids = list(logw)
+        floor = self.config.prune_probability
+        if min(probs) < floor:
+            self._members = None
+            for r, p in zip(rids, probs, strict=True):
+                if p < floor:
+                    del self._hyps[r]
+                    del logw[r]
+            rids = [r for r, p in zip(rids, probs, strict=True) if p >= floor]
+            probs = [p for p in probs if p >= floor]
+        rest = sum(probs)
+        self._probs = {r: p / rest for r, p in zip(rids, probs, strict=True)}
 
     # -- output ---------------------------------------------------------------
 
@@ -618,13 +665,25 @@ class RouteMatcher:
             self._committed = best if self._leader[1] >= cfg.commit_fixes else None
         route = self._committed or best
         h = self._hyps[route]
-        compatible = {r for r, p in probs.items() if p >= 1e-3}
-        common = self.index.network.common_signals(compatible)
-        sigma_s = math.sqrt(max(h.pss, 0.0))
+        # Which of the route's signals every compatible route passes: looked up again
+        # only when the route or the set of compatible routes changes, rarely.
+        compatible = [r for r, p in probs.items() if p >= 1e-3]
+        if route != self._shared_for[0] or compatible != self._shared_for[1]:
+            common = self.index.network.common_signals(compatible)
+            shared = [
+                (sig.intersection, sig.approach) in common for sig in self.index.signals[route]
+            ]
+            self._shared_for = (route, compatible, shared)
+        shared = self._shared_for[2]
         s = h.s_out
-        ahead = [sig for sig in self.index.signals[route] if sig.stop_line_m > s]
+        first = self.index.first_ahead(route, s)
+        ahead = self.index.signals[route][first:]
         bands = self.index.speed[route].etas(
-            s, self._speed, [sig.stop_line_m for sig in ahead], sigma_s
+            s,
+            self._speed,
+            self.index.stop_lines[route][first:],
+            math.sqrt(0.0 if h.pss < 0.0 else h.pss),
+            self.index.stop_times[route][first:],
         )
         etas = tuple(
             SignalEta(
@@ -635,9 +694,9 @@ class RouteMatcher:
                 eta_s=eta,
                 early_s=early,
                 late_s=late,
-                shared=(sig.intersection, sig.approach) in common,
+                shared=flag,
             )
-            for sig, (early, eta, late) in zip(ahead, bands, strict=True)
+            for sig, (early, eta, late), flag in zip(ahead, bands, shared[first:], strict=True)
         )
         return RoutePosition(
             vehicle=self.vehicle,

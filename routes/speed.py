@@ -109,35 +109,42 @@ class SpeedProfile:
         return self.etas(s, v0, (s_to,), 0.0)[0][1]
 
     def etas(
-        self, s: float, v0: float, stops: Sequence[float], sigma_s: float
+        self,
+        s: float,
+        v0: float,
+        stops: Sequence[float],
+        sigma_s: float,
+        stop_times: Sequence[float] | None = None,
     ) -> list[tuple[float, float, float]]:
         """(early, expected, late) seconds from ``s`` at ``v0`` to each of ``stops``.
 
         The band widens with the driver spread (``fast_factor``/``slow_factor``)
         and with the position uncertainty ``sigma_s`` (two sigma, at the current
-        speed or the profile speed, whichever is larger).
+        speed or the profile speed, whichever is larger). ``stop_times``, if given,
+        are :meth:`time_at` of each stop, worked out beforehand (fixed stop lines).
         """
         p = self.profile
         a = p.accel
         t_here = self._lookup(self._t, s)
         vp = self._lookup(self._v, s)
-        v0 = max(0.0, v0)
-        # Reaching vp from v0 covers (vp^2 - v0^2) / 2a in (vp - v0)/a instead of that
-        # distance / vp: the difference, (vp - v0)^2 / (2 a vp), is the time lost.
+        # Conditional expressions in the order max() compares (this runs every fix).
+        v0 = v0 if v0 > 0.0 else 0.0
         d_acc = (vp * vp - v0 * v0) / (2 * a) if v0 < vp else 0.0
         lost = (vp - v0) ** 2 / (2 * a * vp) if v0 < vp else 0.0
-        pos = 2.0 * sigma_s / max(v0, vp, 1.0)
+        v_max = vp if vp > v0 else v0
+        pos = 2.0 * sigma_s / (1.0 if v_max < 1.0 else v_max)
+        times = stop_times if stop_times is not None else [self._lookup(self._t, x) for x in stops]
+        fast, slow = p.fast_factor, p.slow_factor
         out = []
-        for s_to in stops:
+        for s_to, t_to in zip(stops, times, strict=True):
             d = s_to - s
             if d <= 0:
                 out.append((0.0, 0.0, 0.0))
                 continue
-            if d < d_acc:  # still accelerating when it reaches the stop line
-                eta = (math.sqrt(v0 * v0 + 2 * a * d) - v0) / a
-            else:
-                eta = self._lookup(self._t, s_to) - t_here + lost
-            out.append((max(0.0, eta / p.fast_factor - pos), eta, eta / p.slow_factor + pos))
+            # Still accelerating when it reaches the stop line, or on the profile.
+            eta = (math.sqrt(v0 * v0 + 2 * a * d) - v0) / a if d < d_acc else t_to - t_here + lost
+            early = eta / fast - pos
+            out.append((early if early > 0.0 else 0.0, eta, eta / slow + pos))
         return out
 
 
