@@ -343,10 +343,11 @@ class RouteMatcher:
         corner likelihood, course match): routes with the same vertices that far
         evolve identically."""
         cfg = self.config
-        return max(
-            4.0 * math.sqrt(max(pss + pxx + pyy, 0.0) + cfg.white_m**2) + 10.0,
-            cfg.corner_sigmas * math.sqrt(max(pss, 0.0)) + 5.0 + cfg.corner_m,
-        )
+        var = pss + pxx + pyy
+        # max() written out (every fix, for every shared filter), in max()'s order.
+        window = 4.0 * math.sqrt((0.0 if var < 0.0 else var) + cfg.white_m**2) + 10.0
+        corner = cfg.corner_sigmas * math.sqrt(0.0 if pss < 0.0 else pss) + 5.0 + cfg.corner_m
+        return corner if corner > window else window
 
     def _share(self) -> None:
         """Let routes whose filters are in the same state on the same vertices share
@@ -550,8 +551,10 @@ class RouteMatcher:
         cfg = self.config
         probs = self._probs
         reversing_w = drifting_w = along_w = flipped_w = 0.0
+        # With the group cache intact nothing was pruned or resynced since _groups.
+        pruned = self._members is None
         for h, _, members, until, _, _, off in results:
-            rids = [r for r in members if r in probs]
+            rids = [r for r in members if r in probs] if pruned else members
             if not rids:
                 continue  # pruned
             if course_ok:
@@ -623,10 +626,8 @@ class RouteMatcher:
 
     def _normalise(self) -> None:
         """Weights to probabilities (kept for this fix), dropping the negligible."""
-        logw = self._logw
-        top = max(logw.values())
-        for r, v in logw.items():
-            logw[r] = v - top
+        top = max(self._logw.values())
+        self._logw = logw = {r: v - top for r, v in self._logw.items()}
         weights = [math.exp(v) for v in logw.values()]
         total = sum(weights)
         probs = [w / total for w in weights]
@@ -685,31 +686,39 @@ class RouteMatcher:
             math.sqrt(0.0 if h.pss < 0.0 else h.pss),
             self.index.stop_times[route][first:],
         )
+        # Positional arguments in field order (keywords cost a third more per object,
+        # and there are a few per fix); test_position_fields_in_the_order_built guards it.
+        # SignalEta: intersection, controller, approach, distance_m, eta_s, early_s,
+        # late_s, shared.
         etas = tuple(
-            SignalEta(
-                intersection=sig.intersection,
-                controller=sig.controller,
-                approach=sig.approach,
-                distance_m=sig.stop_line_m - s,
-                eta_s=eta,
-                early_s=early,
-                late_s=late,
-                shared=flag,
-            )
-            for sig, (early, eta, late), flag in zip(ahead, bands, shared[first:], strict=True)
+            [
+                SignalEta(
+                    sig.intersection,
+                    sig.controller,
+                    sig.approach,
+                    sig.stop_line_m - s,
+                    eta,
+                    early,
+                    late,
+                    flag,
+                )
+                for sig, (early, eta, late), flag in zip(ahead, bands, shared[first:], strict=True)
+            ]
         )
+        # RoutePosition: vehicle, time, compatible, committed, route, distance_m, speed,
+        # offset_m, confidence, on_route, etas.
         return RoutePosition(
-            vehicle=self.vehicle,
-            time=fix.time,
-            compatible=probs,
-            committed=self._committed,
-            route=route,
-            distance_m=s,
-            speed=self._speed,
-            offset_m=h.proj.offset if h.proj else 0.0,
-            confidence=probs[route],
-            on_route=True,
-            etas=etas,
+            self.vehicle,
+            fix.time,
+            probs,
+            self._committed,
+            route,
+            s,
+            self._speed,
+            h.proj.offset if h.proj else 0.0,
+            probs[route],
+            True,
+            etas,
         )
 
     def _past_fork(self, route: str, probs: Mapping[str, float]) -> bool:

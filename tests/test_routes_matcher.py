@@ -271,3 +271,34 @@ def test_outliers_never_flip_a_commitment_or_move_the_track_back(
 def test_matcher_accepts_a_plain_route_set(demo_routes: RouteSet) -> None:
     pos = RouteMatcher(VEHICLE, demo_routes).update(fix_at(demo_routes, "R1", 100.0, 0.0))
     assert pos.on_route
+
+
+def test_position_fields_in_the_order_built() -> None:
+    # RouteMatcher._position builds these positionally (it is on the hot path).
+    from dataclasses import fields
+
+    from preemption.model import SignalEta
+
+    assert [f.name for f in fields(SignalEta)] == [
+        "intersection",
+        "controller",
+        "approach",
+        "distance_m",
+        "eta_s",
+        "early_s",
+        "late_s",
+        "shared",
+    ]
+    assert [f.name for f in fields(RoutePosition)] == [
+        "vehicle",
+        "time",
+        "compatible",
+        "committed",
+        "route",
+        "distance_m",
+        "speed",
+        "offset_m",
+        "confidence",
+        "on_route",
+        "etas",
+    ]
