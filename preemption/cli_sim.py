@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_TARGETS_MISSED = 0, 1
+EXIT_OK, EXIT_TARGETS_MISSED, EXIT_CONFIG = 0, 1, 2
 
 
 def add_sim_parser(sub: Any) -> None:
@@ -43,6 +43,15 @@ def run_sim_command(args: argparse.Namespace) -> int:
         sweep_json,
     )
 
+    if args.sumo:
+        missing = [m for m in ("libsumo", "sumo") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(
+                f"error: --sumo needs SUMO ({' and '.join(missing)} not installed); install "
+                "the project's sumo extra: .venv/bin/pip install -e '.[sumo]' (make does)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     setup = load(args.scenario or BUNDLED_SCENARIO)
     c = compare(setup)
     doc = comparison_json(c)
@@ -79,12 +88,8 @@ def run_sim_command(args: argparse.Namespace) -> int:
 
 
 def _sumo(setup: Any, departures: list[float]) -> dict[str, Any]:
-    """The SUMO backend's part of the report ("sumo", "agreement"), when it is installed.
-
-    Integration point: ``preemption.sumo_run.sumo_section`` (the SUMO helper's API).
-    """
-    if importlib.util.find_spec("preemption.sumo_run") is None:
-        return {"sumo": {"error": "the SUMO backend (preemption.sumo_run) is not installed"}}
+    """The SUMO backend's part of the report ("sumo", "agreement"): the same runs in SUMO
+    (docs/sumo.md) and how well they agree with the in-process model."""
     from preemption.sumo_run import sumo_section
 
     section: dict[str, Any] = sumo_section(setup, preempt=True, departures=departures)
@@ -134,4 +139,18 @@ def table(doc: dict[str, Any]) -> list[str]:
             f"ratio to free flow max {w['ratio_to_free_flow']['max']:.3f}, green at arrival "
             f"{w['green_at_arrival_pct']:.0f} %, violations {w['violations']}"
         )
+    if "agreement" in doc:
+        a, net = doc["agreement"], doc.get("sumo", {}).get("network", "?")
+        verdict = "agrees" if a.get("passed") else "does NOT agree"
+        if "mean_travel_time_s" in a:
+            detail = (
+                f"mean travelTime {a['mean_travel_time_s']:.1f} s here, "
+                f"{a['sumo_mean_travel_time_s']:.1f} s in SUMO ({a['difference_pct']:+.1f} %)"
+            )
+        else:
+            detail = (
+                f"travelTime {a['travel_time_s']:.1f} s here, "
+                f"{a['sumo_travel_time_s']:.1f} s in SUMO"
+            )
+        out.append(f"SUMO ({net} network): {verdict} within the bar; {detail}")
     return out

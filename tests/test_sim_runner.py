@@ -116,3 +116,22 @@ def test_sim_cli_json_and_plot(tmp_path: Path) -> None:
     assert doc["preempted"]["travelTime"] < doc["baseline"]["travelTime"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stderr == ""  # no progress bar in JSON mode
+
+
+def test_sim_sumo_without_sumo_installed_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from preemption.cli import main
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "libsumo" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert main(["sim", "--sumo"]) == 2
+    err = capsys.readouterr().err
+    assert "libsumo not installed" in err
+    assert "[sumo]" in err
