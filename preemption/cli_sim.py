@@ -18,6 +18,9 @@ def add_sim_parser(sub: Any) -> None:
     )
     s.add_argument("scenario", type=Path, nargs="?", help="scenario TOML (default: bundled)")
     s.add_argument("--sweep", type=int, metavar="N", help="N departures spread over a cycle")
+    s.add_argument(
+        "--route", metavar="ROUTE", help="run the scenario's engine on ROUTE (default: the first)"
+    )
     s.add_argument("--sumo", action="store_true", help="also run the SUMO backend and compare")
     s.add_argument("--plot", type=Path, metavar="FILE.png", help="write a time-space diagram")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -53,18 +56,31 @@ def run_sim_command(args: argparse.Namespace) -> int:
             )
             return EXIT_CONFIG
     setup = load(args.scenario or BUNDLED_SCENARIO)
-    c = compare(setup)
+    engines = setup.scenario.engines
+    index = 0
+    if args.route is not None:
+        found = [k for k, e in enumerate(engines) if e.route == args.route]
+        if not found:
+            routes = ", ".join(dict.fromkeys(e.route for e in engines))
+            print(
+                f"error: no engine of the scenario drives route {args.route!r}; "
+                f"its engines drive: {routes}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        index = found[0]
+    c = compare(setup, engines[index])
     doc = comparison_json(c)
     doc["scenario"] = setup.scenario.scenario.name
     runs = []
     if args.sweep:
         show = not args.json and sys.stderr.isatty()
-        runs = sweep(setup, args.sweep, progress=_progress if show else None)
+        runs = sweep(setup, args.sweep, progress=_progress if show else None, engine=c.engine)
         doc["sweep"] = sweep_json(runs)
         doc["violations"] = doc["violations"] + doc["sweep"]["violations"]
     if args.sumo:
         deps = [c.engine.depart_s for c in runs] if args.sweep else []
-        doc.update(_sumo(setup, deps))
+        doc.update(_sumo(setup, deps, index))
     if args.plot:
         from sim.plot import time_space
 
@@ -87,12 +103,14 @@ def run_sim_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sumo(setup: Any, departures: list[float]) -> dict[str, Any]:
+def _sumo(setup: Any, departures: list[float], engine_index: int) -> dict[str, Any]:
     """The SUMO backend's part of the report ("sumo", "agreement"): the same runs in SUMO
     (docs/sumo.md) and how well they agree with the in-process model."""
     from preemption.sumo_run import sumo_section
 
-    section: dict[str, Any] = sumo_section(setup, preempt=True, departures=departures)
+    section: dict[str, Any] = sumo_section(
+        setup, preempt=True, departures=departures, engine_index=engine_index
+    )
     return section
 
 

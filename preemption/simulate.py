@@ -292,9 +292,11 @@ def sweep(
     n: int,
     factory: StreetFactory | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine: EngineConfig | None = None,
 ) -> list[Comparison]:
+    """``n`` departures of ``engine`` (default: the scenario's first) over one cycle."""
     out = []
-    runs = departures(setup, n)
+    runs = departures(setup, n, engine)
     for k, eng in enumerate(runs):
         out.append(compare(setup, eng, factory))
         if progress is not None:
