@@ -135,3 +135,17 @@ def test_sim_sumo_without_sumo_installed_is_a_clear_error(
     err = capsys.readouterr().err
     assert "libsumo not installed" in err
     assert "[sumo]" in err
+
+
+def test_sim_route_picks_the_engine_on_that_route(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from preemption.cli import main
+
+    assert main(["sim", "--route", "R6", "--json"]) == 0  # the Berlin scenario's sixth
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["intersection"] for s in doc["signals"]] == ["K1", "K10"]
+    assert main(["sim", "--route", "R9"]) == 2
+    err = capsys.readouterr().err
+    assert "R9" in err
+    assert "R1, R2, R3, R4, R5, R6" in err
