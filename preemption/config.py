@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
@@ -66,6 +67,19 @@ class PlannerConfig(_Strict):
     # Before the matcher commits, signals of the route dispatch named are asked for
     # while the matcher holds that route at least this likely (1.0: never).
     dispatch_confidence: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # ... and such requests are kept while the matcher, uncommitted, still gives that
+    # route this much (hysteresis near a fork); below it, or once it commits to another
+    # route, they are cancelled.
+    dispatch_keep: Annotated[float, Field(gt=0, le=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _keep_below_ask(self) -> PlannerConfig:
+        if self.dispatch_keep > self.dispatch_confidence:
+            raise ValueError(
+                f"dispatch_keep ({self.dispatch_keep}) must not exceed dispatch_confidence "
+                f"({self.dispatch_confidence}): a request would be cancelled at once"
+            )
+        return self
 
 
 class VehicleConfig(_Strict):

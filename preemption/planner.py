@@ -250,9 +250,12 @@ class Planner:
         v.departs = None  # on the route: the station estimate is no longer needed
         out: list[Command] = []
         signals = self._signals[pos.route]
+        held = self._held_for_dispatch(v, pos)
         for inter, claim in list(v.claims.items()):
             sig = signals.get(inter)
             if sig is None:
+                if inter in held:
+                    continue  # the dispatched route is still likely: no cancel-and-ask-again
                 out += self._end(claim, ClaimState.CANCELLED, f"not on route {pos.route}")
             elif pos.distance_m > sig.stop_line_m + self.config.clearing_distance_m:
                 out += self._end(claim, ClaimState.COMPLETED, "passed the stop line")
@@ -279,6 +282,18 @@ class Planner:
             and pos.route == a.route
             and pos.confidence >= self.config.dispatch_confidence
         )
+
+    def _held_for_dispatch(self, v: _Vehicle, pos: RoutePosition) -> frozenset[str]:
+        """Intersections of the dispatched route whose claims stay although the matcher's
+        best route has moved to another branch: while the matcher, uncommitted, still
+        gives the dispatched route ``dispatch_keep``, the lead may flip back (hysteresis
+        against asking, cancelling and asking again near a fork)."""
+        a = v.alarm
+        if a is None or a.route is None or pos.committed is not None:
+            return frozenset()
+        if pos.compatible.get(a.route, 0.0) < self.config.dispatch_keep:
+            return frozenset()
+        return frozenset(self._signals[a.route])
 
     def on_state(self, state: SignalState) -> list[Command]:
         """What a controller reported for an intersection."""

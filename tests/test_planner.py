@@ -6,7 +6,14 @@ from hypothesis import strategies as st
 
 from preemption.clock import SimClock
 from preemption.config import PlannerConfig
-from preemption.model import Command, CommandKind, PreemptStatus, SignalState
+from preemption.model import (
+    Command,
+    CommandKind,
+    PreemptStatus,
+    RoutePosition,
+    SignalEta,
+    SignalState,
+)
 from preemption.planner import Alarm, ClaimState, Planner
 from routes.geojson import RouteSet, load_routes
 from routes.matcher import RouteMatcher
@@ -258,3 +265,61 @@ def test_a_wrong_dispatch_route_is_taken_back_when_the_engine_takes_the_other_br
     cautious.planner.on_alarm(Alarm(VEHICLE, route="R1"))
     cautious.matcher.set_prior("R1")
     assert "K4" not in _requested_before_the_branch(cautious, "R2")
+
+
+def _near_fork(
+    route: str, compatible: dict[str, float], committed: str | None = None
+) -> RoutePosition:
+    """A hand-made matcher output 50 m before the R1/R2 branch, signals ahead on ``route``."""
+    s = 1150.0
+    etas = tuple(
+        SignalEta(
+            sig.intersection,
+            sig.controller,
+            sig.approach,
+            sig.stop_line_m - s,
+            (sig.stop_line_m - s) / 13.0,
+            (sig.stop_line_m - s) / 16.0,
+            (sig.stop_line_m - s) / 10.0,
+            shared=sig.intersection in ("K1", "K2", "K3"),
+        )
+        for sig in ROUTES[route].signals
+        if sig.stop_line_m > s
+    )
+    return RoutePosition(
+        VEHICLE, 0.0, compatible, committed, route, s, 13.0, 0.0, compatible[route], True, etas
+    )
+
+
+def test_dispatched_requests_are_held_while_the_route_stays_likely_near_a_fork() -> None:
+    clock = SimClock()
+    planner = Planner([mr.route for mr in ROUTES], EARLY_ASKING, clock, {VEHICLE: "fire"})
+    planner.set_emergency(VEHICLE, True)
+    planner.on_alarm(Alarm(VEHICLE, route="R2"))
+    asked = planner.on_position(_near_fork("R2", {"R2": 0.8, "R1": 0.2}))
+    assert "K6" in {c.intersection for c in asked if c.kind is CommandKind.REQUEST}
+    # The lead flips to R1 for a fix, R2 still likely: K6 is held, nothing cancelled.
+    flip = planner.on_position(_near_fork("R1", {"R1": 0.6, "R2": 0.4}))
+    assert not [c for c in flip if c.kind is CommandKind.CANCEL and c.intersection == "K6"]
+    back = planner.on_position(_near_fork("R2", {"R2": 0.7, "R1": 0.3}))
+    assert not [c for c in back if c.intersection == "K6" and c.kind is CommandKind.REQUEST]
+    # R2 falls below dispatch_keep: K6 is taken back.
+    gone = planner.on_position(_near_fork("R1", {"R1": 0.9, "R2": 0.1}))
+    k6 = [c for c in gone if c.intersection == "K6"]
+    assert [c.kind for c in k6] == [CommandKind.CANCEL]
+    assert "not on route R1" in (k6[0].reason or "")
+
+
+def test_a_commitment_to_another_route_ends_the_hold() -> None:
+    clock = SimClock()
+    planner = Planner([mr.route for mr in ROUTES], EARLY_ASKING, clock, {VEHICLE: "fire"})
+    planner.set_emergency(VEHICLE, True)
+    planner.on_alarm(Alarm(VEHICLE, route="R2"))
+    planner.on_position(_near_fork("R2", {"R2": 0.8, "R1": 0.2}))
+    out = planner.on_position(_near_fork("R1", {"R1": 0.7, "R2": 0.3}, committed="R1"))
+    assert [c.kind for c in out if c.intersection == "K6"] == [CommandKind.CANCEL]
+
+
+def test_dispatch_keep_may_not_exceed_dispatch_confidence() -> None:
+    with pytest.raises(ValueError, match="dispatch_keep"):
+        PlannerConfig(dispatch_confidence=0.4, dispatch_keep=0.5)
