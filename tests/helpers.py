@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from preemption.model import Fix, FixQuality
+from preemption.model import Fix, FixQuality, Route, RoutePosition, SignalEta
 from routes.geojson import RouteSet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +66,47 @@ def side_street(
         lon, lat = routes.projector.to_wgs84(x, y)
         out.append(Fix(vehicle, t0 + k, lat, lon, speed, heading, 0.9, FixQuality.GPS, "test"))
     return out
+
+
+def position(
+    vehicle: str,
+    route: Route,
+    s: float,
+    v: float,
+    t: float,
+    committed: bool = True,
+    on_route: bool = True,
+    compatible: Mapping[str, float] | None = None,
+    shared: Collection[str] | None = None,
+) -> RoutePosition:
+    """A hand-made matcher output at ``s`` on ``route`` at speed ``v``: ETAs at that
+    speed with a band of -20 %/+25 %; ``compatible`` (default: only ``route``) gives
+    the probabilities, ``shared`` the intersections common to them (default: all)."""
+    probs = dict(compatible) if compatible is not None else {route.id: 1.0}
+    etas = tuple(
+        SignalEta(
+            sig.intersection,
+            sig.controller,
+            sig.approach,
+            sig.stop_line_m - s,
+            (sig.stop_line_m - s) / max(v, 1.0),
+            0.8 * (sig.stop_line_m - s) / max(v, 1.0),
+            1.25 * (sig.stop_line_m - s) / max(v, 1.0),
+            shared is None or sig.intersection in shared,
+        )
+        for sig in route.signals
+        if sig.stop_line_m > s
+    )
+    return RoutePosition(
+        vehicle,
+        t,
+        probs if on_route else {},
+        route.id if committed else None,
+        route.id if on_route else None,
+        s,
+        v,
+        0.0,
+        probs[route.id] if on_route else 1.0,
+        on_route,
+        etas if on_route else (),
+    )

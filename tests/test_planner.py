@@ -11,14 +11,13 @@ from preemption.model import (
     CommandKind,
     PreemptStatus,
     RoutePosition,
-    SignalEta,
     SignalState,
 )
 from preemption.planner import Alarm, ClaimState, Planner
 from routes.geojson import RouteSet, load_routes
 from routes.matcher import RouteMatcher
 
-from .helpers import DEMO_DIR, VEHICLE, fix_at, side_street
+from .helpers import DEMO_DIR, VEHICLE, fix_at, position, side_street
 
 ROUTES = load_routes(DEMO_DIR / "routes.geojson", epsg=25832)
 CFG = PlannerConfig(
@@ -267,27 +266,17 @@ def test_a_wrong_dispatch_route_is_taken_back_when_the_engine_takes_the_other_br
     assert "K4" not in _requested_before_the_branch(cautious, "R2")
 
 
-def _near_fork(
-    route: str, compatible: dict[str, float], committed: str | None = None
-) -> RoutePosition:
-    """A hand-made matcher output 50 m before the R1/R2 branch, signals ahead on ``route``."""
-    s = 1150.0
-    etas = tuple(
-        SignalEta(
-            sig.intersection,
-            sig.controller,
-            sig.approach,
-            sig.stop_line_m - s,
-            (sig.stop_line_m - s) / 13.0,
-            (sig.stop_line_m - s) / 16.0,
-            (sig.stop_line_m - s) / 10.0,
-            shared=sig.intersection in ("K1", "K2", "K3"),
-        )
-        for sig in ROUTES[route].signals
-        if sig.stop_line_m > s
-    )
-    return RoutePosition(
-        VEHICLE, 0.0, compatible, committed, route, s, 13.0, 0.0, compatible[route], True, etas
+def _near_fork(route: str, compatible: dict[str, float], committed: bool = False) -> RoutePosition:
+    """The matcher's output 50 m before the R1/R2 branch, signals ahead on ``route``."""
+    return position(
+        VEHICLE,
+        ROUTES[route].route,
+        1150.0,
+        13.0,
+        0.0,
+        committed=committed,
+        compatible=compatible,
+        shared=("K1", "K2", "K3"),
     )
 
 
@@ -316,7 +305,7 @@ def test_a_commitment_to_another_route_ends_the_hold() -> None:
     planner.set_emergency(VEHICLE, True)
     planner.on_alarm(Alarm(VEHICLE, route="R2"))
     planner.on_position(_near_fork("R2", {"R2": 0.8, "R1": 0.2}))
-    out = planner.on_position(_near_fork("R1", {"R1": 0.7, "R2": 0.3}, committed="R1"))
+    out = planner.on_position(_near_fork("R1", {"R1": 0.7, "R2": 0.3}, committed=True))
     assert [c.kind for c in out if c.intersection == "K6"] == [CommandKind.CANCEL]
 
 

@@ -21,12 +21,12 @@ from preemption.model import (
     CommandKind,
     PreemptStatus,
     Route,
-    RoutePosition,
-    SignalEta,
     SignalPoint,
     SignalState,
 )
 from preemption.planner import DUE, Alarm, ClaimState, Planner
+
+from .helpers import position
 
 EW = Route(
     "EW",
@@ -52,44 +52,6 @@ CFG = PlannerConfig(
     station_speed_ms=10.0,
 )
 FLEET = {"HLF-1": "fire", "HLF-2": "fire", "RTW-1": "ambulance", "BUS-7": "transit"}
-
-
-def position(
-    vehicle: str,
-    route: Route,
-    s: float,
-    v: float,
-    t: float,
-    committed: bool = True,
-    on_route: bool = True,
-) -> RoutePosition:
-    etas = tuple(
-        SignalEta(
-            sig.intersection,
-            sig.controller,
-            sig.approach,
-            sig.stop_line_m - s,
-            (sig.stop_line_m - s) / max(v, 1.0),
-            0.8 * (sig.stop_line_m - s) / max(v, 1.0),
-            1.25 * (sig.stop_line_m - s) / max(v, 1.0),
-            True,
-        )
-        for sig in route.signals
-        if sig.stop_line_m > s
-    )
-    return RoutePosition(
-        vehicle,
-        t,
-        {route.id: 1.0} if on_route else {},
-        route.id if committed else None,
-        route.id if on_route else None,
-        s,
-        v,
-        0.0,
-        1.0,
-        on_route,
-        etas if on_route else (),
-    )
 
 
 class Street:
