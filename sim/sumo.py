@@ -35,7 +35,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from preemption.config import ConfigError
 from routes.geojson import RouteSet
 from sim.controller import Aspect, SignalController
 from sim.nmea_out import epoch_sentences
@@ -57,7 +56,7 @@ from sim.sumo_realnet import (
     traffic_lights,
 )
 from sim.sumo_realnet import background_vehicles as real_background_vehicles
-from sim.world import engine_profile
+from sim.world import controllers_of, engine_profile, engine_route, signals_on_route
 
 STOPPED_SPEED = 0.1  # m/s; slower counts as standing (SUMO's waitingTime)
 ENGINE_TYPE = "fire_engine"
@@ -77,14 +76,6 @@ def libsumo_available() -> str | None:
     except SumoExportError as exc:
         return str(exc)
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class _SignalOnRoute:
-    intersection: str
-    approach: str
-    group: str
-    stop_line_m: float
 
 
 @dataclass
@@ -124,14 +115,9 @@ class SumoStreet:
                 "a SUMO simulation is already open in this process (libsumo runs one at a "
                 "time); close the other SumoStreet first"
             )
-        if engine.route not in routes.routes:
-            raise ConfigError(
-                scenario.scenario.deployment,
-                [("engines", f"route {engine.route!r} is not in the deployment's route files")],
-            )
         self.scenario = scenario
         self.engine_cfg = engine
-        self.route = routes[engine.route]
+        self.route = engine_route(scenario, routes, engine)
         self.projector = routes.projector
         self.step_s = scenario.scenario.step_s
         self._tmp = None
@@ -139,18 +125,8 @@ class SumoStreet:
             self._tmp = tempfile.TemporaryDirectory(prefix="preemption-sumo-")
             workdir = Path(self._tmp.name)
         self.workdir = workdir
-        self._controllers = {
-            ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections
-        }
-        self.signals = [
-            _SignalOnRoute(
-                sig.intersection,
-                sig.approach,
-                self._controllers[sig.intersection].program.group_for(sig.approach),
-                sig.stop_line_m,
-            )
-            for sig in self.route.signals
-        ]
+        self._controllers = controllers_of(scenario)
+        self.signals = signals_on_route(scenario, self.route, engine, self._controllers)
         self._t = 0.0
         self._steps = 0
         self._track = _Track()

@@ -81,15 +81,8 @@ class Corridor:
     ) -> None:
         self.scenario = scenario
         self.engine_cfg = engine
-        self._controllers = {
-            ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections
-        }
-        if engine.route not in routes.routes:
-            raise ConfigError(
-                scenario.scenario.deployment,
-                [("engines", f"route {engine.route!r} is not in the deployment's route files")],
-            )
-        self.route: MetricRoute = routes[engine.route]
+        self._controllers = controllers_of(scenario)
+        self.route: MetricRoute = engine_route(scenario, routes, engine)
         self.projector = routes.projector
         params = scenario.traffic.params()
         self.queues: dict[tuple[str, str], ApproachQueue] = {}
@@ -106,22 +99,16 @@ class Corridor:
                     params,
                     seed=scenario.traffic.seed,
                 )
-        spec = EngineSpec(
-            max_speed=engine.max_speed_kmh / 3.6,
-            accel=engine.accel,
-            decel=engine.decel,
-            length_m=engine.length_m,
-        )
         self.profile = engine_profile(self.route, engine)
         self.engine = EngineRun(
-            spec=spec,
+            spec=engine_spec(engine),
             route_length=self.route.length,
             stop_lines=[],
             t=engine.depart_s,
             red_crossing_speed=(scenario.baseline.red_crossing_kmh / 3.6 if red_crossing else None),
             speed_limit=self.profile.speed_at,
         )
-        self.signals = self._signals_on_route(scenario, engine)
+        self.signals = signals_on_route(scenario, self.route, engine, self._controllers)
         self.engine.stop_lines = [self._stop_line(sig) for sig in self.signals]
         self._t = 0.0
         self._record = record_trajectory
@@ -134,35 +121,6 @@ class Corridor:
                 PRESETS[gnss.preset], seed=stream_seed(gnss.seed, engine.vehicle, "gnss")
             )
         )
-
-    def _signals_on_route(self, scenario: Scenario, engine: EngineConfig) -> list[SignalOnRoute]:
-        out = []
-        for sig in self.route.signals:
-            ctrl = self._controllers.get(sig.intersection)
-            if ctrl is None:
-                raise ConfigError(
-                    scenario.scenario.deployment,
-                    [
-                        (
-                            "intersections",
-                            f"route {engine.route!r} crosses {sig.intersection!r}, "
-                            "which the scenario gives no signal program",
-                        )
-                    ],
-                )
-            group = ctrl.program.group_for(sig.approach)
-            if group not in ctrl.program.groups:
-                raise ConfigError(
-                    scenario.scenario.deployment,
-                    [
-                        (
-                            f"intersections.{sig.intersection}.approaches",
-                            f"approach {sig.approach!r} maps to no signal group of the program",
-                        )
-                    ],
-                )
-            out.append(SignalOnRoute(sig.intersection, sig.approach, group, sig.stop_line_m))
-        return out
 
     def _stop_line(self, sig: SignalOnRoute) -> StopLine:
         ctrl = self._controllers[sig.intersection]
@@ -273,6 +231,62 @@ class Corridor:
             yield self._t
 
 
+def controllers_of(scenario: Scenario) -> dict[str, SignalController]:
+    """A controller model per intersection of the scenario, running its signal program."""
+    return {ic.id: SignalController(ic.id, ic.program()) for ic in scenario.intersections}
+
+
+def engine_route(scenario: Scenario, routes: RouteSet, engine: EngineConfig) -> MetricRoute:
+    """The route the scenario's engine drives, from the deployment's route files."""
+    if engine.route not in routes.routes:
+        raise ConfigError(
+            scenario.scenario.deployment,
+            [("engines", f"route {engine.route!r} is not in the deployment's route files")],
+        )
+    return routes[engine.route]
+
+
+def signals_on_route(
+    scenario: Scenario,
+    route: MetricRoute,
+    engine: EngineConfig,
+    controllers: Mapping[str, SignalController],
+) -> list[SignalOnRoute]:
+    """The route's signals with the signal group that governs the engine at each; an
+    intersection without a program, or an approach mapping to no group, is an error."""
+    out = []
+    for sig in route.signals:
+        ctrl = controllers.get(sig.intersection)
+        if ctrl is None:
+            raise ConfigError(
+                scenario.scenario.deployment,
+                [
+                    (
+                        "intersections",
+                        f"route {engine.route!r} crosses {sig.intersection!r}, "
+                        "which the scenario gives no signal program",
+                    )
+                ],
+            )
+        group = ctrl.program.group_for(sig.approach)
+        if group not in ctrl.program.groups:
+            raise ConfigError(
+                scenario.scenario.deployment,
+                [
+                    (
+                        f"intersections.{sig.intersection}.approaches",
+                        f"approach {sig.approach!r} maps to no signal group of the program",
+                    )
+                ],
+            )
+        out.append(SignalOnRoute(sig.intersection, sig.approach, group, sig.stop_line_m))
+    return out
+
+
+def engine_spec(engine: EngineConfig) -> EngineSpec:
+    return EngineSpec(engine.max_speed_kmh / 3.6, engine.accel, engine.decel, engine.length_m)
+
+
 def engine_profile(route: MetricRoute, engine: EngineConfig) -> SpeedProfile:
     """The speed profile the engine drives on its route: the route's limit (when its file
     has one) or the engine's top speed, slower in curves, braking for them in time."""
@@ -292,9 +306,8 @@ def engine_profile(route: MetricRoute, engine: EngineConfig) -> SpeedProfile:
 def free_flow_on(route: MetricRoute, engine: EngineConfig, step_s: float = 0.1) -> float:
     """The engine's free-flow time on its route: its speed profile from a standstill,
     every signal green and nobody in the way (the model engine on an empty street)."""
-    spec = EngineSpec(engine.max_speed_kmh / 3.6, engine.accel, engine.decel, engine.length_m)
     run = EngineRun(
-        spec=spec,
+        spec=engine_spec(engine),
         route_length=route.length,
         stop_lines=[],
         speed_limit=engine_profile(route, engine).speed_at,
