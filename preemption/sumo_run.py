@@ -20,6 +20,7 @@ from typing import Any
 
 from preemption.config import Deployment
 from preemption.simulate import Setup, run_baseline, run_preempted
+from preemption.simulate import trip_json as simulate_trip_json
 from routes.geojson import RouteSet
 from sim.scenario import EngineConfig, Scenario
 from sim.street import EngineTrip, Street
@@ -176,17 +177,12 @@ def run_sumo(
 
 
 def trip_json(trip: EngineTrip) -> dict[str, Any]:
-    """The tripinfo-style summary of a run, as the report's JSON carries it."""
+    """The run's tripinfo figures as the in-process report has them, with the engine,
+    its route and each signal passage (SUMO's side of the comparison)."""
     return {
         "vehicle": trip.vehicle,
         "route": trip.route,
-        "depart": round(trip.depart, 2),
-        "arrival": round(trip.arrival, 2),
-        "routeLength": round(trip.route_length, 2),
-        "travelTime": round(trip.travel_time, 2),
-        "timeLoss": round(trip.time_loss, 2),
-        "waitingTime": round(trip.waiting_time, 2),
-        "stops": trip.stops,
+        **simulate_trip_json(trip),
         "signals": [
             {
                 "intersection": p.intersection,
