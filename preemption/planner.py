@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -283,17 +283,17 @@ class Planner:
             and pos.confidence >= self.config.dispatch_confidence
         )
 
-    def _held_for_dispatch(self, v: _Vehicle, pos: RoutePosition) -> frozenset[str]:
+    def _held_for_dispatch(self, v: _Vehicle, pos: RoutePosition) -> Collection[str]:
         """Intersections of the dispatched route whose claims stay although the matcher's
         best route has moved to another branch: while the matcher, uncommitted, still
         gives the dispatched route ``dispatch_keep``, the lead may flip back (hysteresis
         against asking, cancelling and asking again near a fork)."""
         a = v.alarm
         if a is None or a.route is None or pos.committed is not None:
-            return frozenset()
+            return ()
         if pos.compatible.get(a.route, 0.0) < self.config.dispatch_keep:
-            return frozenset()
-        return frozenset(self._signals[a.route])
+            return ()
+        return self._signals[a.route].keys()
 
     def on_state(self, state: SignalState) -> list[Command]:
         """What a controller reported for an intersection."""

@@ -74,9 +74,7 @@ class Demand:
 def capped_rate(rate: float, group: str, program: ProgramData, demand: Demand) -> float:
     """``rate``, or less where the group's share of green could not serve it: an
     oversaturated approach queues without end, in the baseline and with pre-emption."""
-    change = program.yellow_s + program.all_red_s
-    cycle = sum(st.green_s for st in program.stages) + len(program.stages) * change
-    capacity = demand.saturation_flow_veh_h * program.group_green_s(group) / cycle
+    capacity = demand.saturation_flow_veh_h * program.group_green_s(group) / program.cycle_s
     return round(min(rate, demand.max_saturation * capacity), 0)
 
 
@@ -99,9 +97,7 @@ def queue_clearance(p: ProgramData, group: str, demand: Demand | None) -> float:
     much earlier is what clears its way (queue clearance). 0 without demand."""
     if demand is None:
         return 0.0
-    change = p.yellow_s + p.all_red_s
-    cycle = sum(st.green_s for st in p.stages) + len(p.stages) * change
-    red = max(cycle - p.group_green_s(group), 0.0)
+    red = max(p.cycle_s - p.group_green_s(group), 0.0)
     rate = capped_rate(demand.route_veh_h, group, p, demand)
     queued = rate * red / 3600.0
     return START_UP_LOSS_S + HEADWAY_S * (queued + math.sqrt(queued))

@@ -52,6 +52,12 @@ class ProgramData:
     all_red_s: float
     min_green_s: float
 
+    @property
+    def cycle_s(self) -> float:
+        """Stage greens plus one intergreen (yellow, all-red) after each stage."""
+        change = self.yellow_s + self.all_red_s
+        return sum(st.green_s for st in self.stages) + len(self.stages) * change
+
     def group_green_s(self, group: str) -> float:
         return sum(st.green_s for st in self.stages if group in st.groups)
 
