@@ -2,8 +2,9 @@
 
 A receiver speaks in *epochs*: for each instant it sends several sentences
 (GGA, RMC, GSA, VTG ...) that each carry part of the picture. The decoder
-frames sentences out of an untrusted byte stream, hands the fields to pynmea2
-and merges the sentences of one epoch (same UTC time of day) into one Fix.
+frames sentences out of an untrusted byte stream, reads their fields by
+pynmea2's sentence layouts and converters, and merges the sentences of one
+epoch (same UTC time of day) into one Fix.
 
 Everything that does not become part of a Fix is counted in
 :attr:`NmeaDecoder.dropped` under a stable reason (see :data:`DROP_REASONS`);
@@ -307,11 +308,13 @@ class NmeaDecoder:
         if _xor(token[1:star]) != _HEX_BYTE.get(token[star + 1 :]):
             self.dropped["bad_checksum"] += 1
             return
+        data = _fields(token[:star].decode("ascii"))
+        if data is None:
+            self.dropped["parse_error"] += 1
+            return
         try:
-            # The checksum is verified: pynmea2 need not do it again, slowly.
-            msg = pynmea2.parse(token[:star].decode("ascii"))
             self._kind = kind
-            handler(self, msg.data)
+            handler(self, data)
             self._merged(kind)
         except _Drop as drop:
             self.dropped[drop.reason] += 1
@@ -581,6 +584,24 @@ _HANDLERS: Final[dict[str, Callable[[NmeaDecoder, list[str]], None]]] = {
 # field specs of pynmea2's sentence classes, along with a check that each field
 # still converts the way the handlers assume: a pynmea2 release that moves or
 # retypes a field fails at import instead of decoding differently.
+
+
+def _fields(sentence: str) -> list[str] | None:
+    """The field list ``pynmea2.parse(sentence).data`` gives for a framed, checksum-
+    verified talker sentence without its ``*hh`` ("$GPRMC,f1,f2,..."), or None
+    where pynmea2 raises.
+
+    The framing (_TOKEN) has already admitted only "$", an upper-case address and
+    printable ASCII without "$" or "!"; of pynmea2's sentence pattern that leaves a
+    comma after the five-letter address and no "*" among the fields. Splitting
+    here instead of calling pynmea2.parse takes a fifth off the decoder's time:
+    parse matches its pattern, checks the checksum again and builds a sentence
+    object whose fields the handlers do not read through anyway (tests/test_gps_nmea.py
+    compares the two on arbitrary input).
+    """
+    if sentence[6:7] != "," or "*" in sentence:
+        return None
+    return sentence[7:].split(",")
 
 
 def _width(kind: str) -> int:

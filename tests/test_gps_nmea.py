@@ -12,6 +12,7 @@ from functools import reduce
 from operator import xor
 from pathlib import Path
 
+import pynmea2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from gps.nmea import (
     MAX_SPEED_MS,
     NOT_SENTENCES,
     NmeaDecoder,
+    _fields,
     parse_nmea_file,
 )
 from preemption.model import Fix, FixQuality
@@ -571,6 +573,24 @@ def test_valid_sentences_with_absurd_fields(template: str, changes: list[tuple[i
     before = stream(*second("115959.00"))
     after = stream(VTG, GSA, *second("120001.00"))
     check_robust(before + stream(",".join(fields)) + after)
+
+
+@settings(max_examples=400)
+@given(
+    address=st.sampled_from(["GPRMC", "GNGGA", "GPGNS", "GPVTG", "GNGSA", "GPGLL"]),
+    rest=st.text(
+        alphabet=st.sampled_from([",", "*", " ", ".", "A", "N", "0", "9", "-", "#", "\\"]),
+        max_size=30,
+    ),
+)
+def test_fields_are_what_pynmea2_parse_gives(address: str, rest: str) -> None:
+    # The decoder splits the fields itself; pynmea2.parse stays the reference.
+    sentence = f"${address}{rest}"
+    try:
+        expected: list[str] | None = pynmea2.parse(sentence).data
+    except pynmea2.ParseError:
+        expected = None
+    assert _fields(sentence) == expected
 
 
 @settings(max_examples=150)
