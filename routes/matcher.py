@@ -194,6 +194,31 @@ class _Hypothesis:
         self.pyy -= ky1 * a2 + ky2 * c2
 
 
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """Figures the matcher works out from its (frozen) config once, not every fix."""
+
+    r: float  # white noise variance per axis
+    outlier_ll: float  # log density of a fix that nothing explains
+    inlier_log_prior: float
+    # Verdict angles as cosines: comparing an agreement (a cosine) with these is the
+    # same as comparing its angle with the angle, without an acos per filter and fix.
+    cos_uturn: float
+    cos_along: float
+    cos_leave: float
+
+    @staticmethod
+    def of(cfg: MatcherConfig) -> _Derived:
+        return _Derived(
+            r=cfg.white_m**2,
+            outlier_ll=math.log(cfg.outlier_prob / (math.pi * cfg.outlier_radius_m**2)),
+            inlier_log_prior=math.log(1.0 - cfg.outlier_prob),
+            cos_uturn=math.cos(math.radians(cfg.uturn_heading_deg)),
+            cos_along=math.cos(math.radians(cfg.along_heading_deg)),
+            cos_leave=math.cos(math.radians(cfg.leave_heading_deg)),
+        )
+
+
 # One filter's step in _track, for the verdicts: the filter, its routes' geometry, the
 # routes, how far they share their vertices, the fix's log-likelihood, the Kalman gate
 # and the course's angle off the segment under the fix.
@@ -214,6 +239,7 @@ class RouteMatcher:
         self.vehicle = vehicle
         self.index = routes if isinstance(routes, RouteIndex) else RouteIndex(routes)
         self.config = config or MatcherConfig()
+        self._k = _Derived.of(self.config)
         self.prior: dict[str, float] = {}
         self.verdict = Verdict.SEARCHING
         self.counters: Counter[str] = Counter()
@@ -345,7 +371,7 @@ class RouteMatcher:
         cfg = self.config
         var = pss + pxx + pyy
         # max() written out (every fix, for every shared filter), in max()'s order.
-        window = 4.0 * math.sqrt((0.0 if var < 0.0 else var) + cfg.white_m**2) + 10.0
+        window = 4.0 * math.sqrt((0.0 if var < 0.0 else var) + self._k.r) + 10.0
         corner = cfg.corner_sigmas * math.sqrt(0.0 if pss < 0.0 else pss) + 5.0 + cfg.corner_m
         return corner if corner > window else window
 
@@ -367,9 +393,8 @@ class RouteMatcher:
         phi = math.exp(-dt / cfg.tau_s)
         q_b = cfg.sigma_m**2 * (1.0 - phi * phi)
         q_s = (cfg.speed_sigma * dt) ** 2
-        r = cfg.white_m**2
-        outlier_ll = math.log(cfg.outlier_prob / (math.pi * cfg.outlier_radius_m**2))
-        inlier_log_prior = math.log(1.0 - cfg.outlier_prob)
+        k = self._k
+        r, outlier_ll, inlier_log_prior = k.r, k.outlier_ll, k.inlier_log_prior
         course = fix.course or 0.0
         # The course as a unit vector (east, north), once per fix for every comparison
         # with the routes' segments.
@@ -548,7 +573,7 @@ class RouteMatcher:
         (a branch just past a fork) does not veto a verdict. (cx, cy): the course as
         a unit vector.
         """
-        cfg = self.config
+        cfg, k = self.config, self._k
         probs = self._probs
         reversing_w = drifting_w = along_w = flipped_w = 0.0
         # With the group cache intact nothing was pruned or resynced since _groups.
@@ -577,14 +602,13 @@ class RouteMatcher:
                     g = self.index.geometry[part[0]]
                     w = sum([probs[r] for r in part])
                     near_c, wide_c = g.agreements(cx, cy, h.s, cfg.corner_m, wide_r)
-                    near = _angle_of(near_c)
-                    if near >= cfg.uturn_heading_deg:
+                    if near_c <= k.cos_uturn:  # angle >= uturn_heading_deg
                         reversing_w += w
-                    if near <= cfg.along_heading_deg:
+                    if near_c >= k.cos_along:  # angle <= along_heading_deg
                         along_w += w
                     if flipped:
                         flipped_w += w
-                    if drifts and _angle_of(wide_c) >= cfg.leave_heading_deg:
+                    if drifts and wide_c <= k.cos_leave:  # angle >= leave_heading_deg
                         drifting_w += w
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
                 # Without a course, only a sustained drift (not a burst) counts.
@@ -626,12 +650,20 @@ class RouteMatcher:
 
     def _normalise(self) -> None:
         """Weights to probabilities (kept for this fix), dropping the negligible."""
-        top = max(self._logw.values())
-        self._logw = logw = {r: v - top for r, v in self._logw.items()}
-        weights = [math.exp(v) for v in logw.values()]
+        logw = self._logw
+        if len(logw) == 1:  # committed and past every fork: most fixes of a run
+            for r in logw:
+                logw[r] = 0.0
+                self._probs = {r: 1.0}
+            return
+        # Lists and zip rather than comprehensions over dicts: this runs every fix.
+        rids = list(logw)
+        top = max(logw.values())
+        shifted = [v - top for v in logw.values()]
+        self._logw = logw = dict(zip(rids, shifted, strict=True))
+        weights = list(map(math.exp, shifted))
         total = sum(weights)
         probs = [w / total for w in weights]
-        rids = list(logw)
         floor = self.config.prune_probability
         if min(probs) < floor:
             self._members = None
@@ -642,7 +674,7 @@ class RouteMatcher:
             rids = [r for r, p in zip(rids, probs, strict=True) if p >= floor]
             probs = [p for p in probs if p >= floor]
         rest = sum(probs)
-        self._probs = {r: p / rest for r, p in zip(rids, probs, strict=True)}
+        self._probs = dict(zip(rids, [p / rest for p in probs], strict=True))
 
     # -- output ---------------------------------------------------------------
 
@@ -783,10 +815,6 @@ def _corner_likelihood(
     weights = sum(math.exp(-0.5 * (sigmas * k / 4.0) ** 2) for k in range(-4, 5))
     ll = top + math.log(sum(math.exp(v - top) for v in terms)) - math.log(weights) + norm
     return ll, best[1]
-
-
-def _angle_of(cosine: float) -> float:
-    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
 
 
 def _logaddexp(a: float, b: float) -> float:
