@@ -10,7 +10,18 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: demo test lint bench sysdeps venv clean
+# The compiled build of the per-fix hot path (setup.py, preemption/hotpath.py): the
+# wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked beside the sources'
+# config/ so the bundled scenarios are found, and run with PYTHONPATH in front of the
+# development install. Rebuilt whenever a source file changes.
+COMPILED := build/compiled
+PY_SOURCES := $(shell find preemption routes gps sim signal_adapters -name '*.py') setup.py pyproject.toml
+# Tests import the compiled packages first: "append" keeps pytest from putting the
+# source tree in front of them.
+COMPILED_PYTEST := PYTHONPATH=$(COMPILED) PREEMPTION_EXPECT_COMPILED=1 $(BIN)/pytest \
+	--import-mode=append -p no:cacheprovider
+
+.PHONY: demo test test-compiled lint bench compiled sysdeps venv clean
 
 venv: $(STAMP)
 
@@ -21,9 +32,25 @@ $(BIN)/python:
 	fi
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,sumo]'
+	@touch $@
+
+compiled: $(COMPILED)/.built
+
+# mypyc needs a C compiler and the Python headers.
+$(COMPILED)/.built: $(PY_SOURCES) | $(STAMP)
+	@if ! command -v gcc >/dev/null || [ ! -e "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then \
+	  echo "installing gcc and python3-dev (Debian) for the compiled build"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev >/dev/null; \
+	fi
+	rm -rf $(COMPILED) build/wheel
+	PREEMPTION_COMPILE=1 $(BIN)/python -m pip wheel -q --no-deps -w build/wheel .
+	$(BIN)/python -m zipfile -e build/wheel/preemption-*.whl $(COMPILED)
+	@# Its entry points come from the development install, which names the same modules.
+	rm -rf $(COMPILED)/preemption-*.dist-info
+	ln -s ../../config $(COMPILED)/config
 	@touch $@
 
 sysdeps:
@@ -47,9 +74,18 @@ lint: venv
 
 test: sysdeps venv lint
 	$(BIN)/python -m pytest -q --durations=5
+	$(MAKE) --no-print-directory test-compiled
 
-bench: venv
-	$(BIN)/preemption bench all --json | tee bench.json
+# The whole suite again, on the compiled build (the 100-run sweep is the same
+# simulation either way and takes longest, so it runs once, above).
+test-compiled: sysdeps compiled
+	$(COMPILED_PYTEST) -q --ignore=tests/test_sim_sweep.py tests
+
+# The compiled build is what a deployment runs; bench-python.json has the match
+# benchmark of the pure-Python modules for comparison.
+bench: compiled
+	PYTHONPATH=$(COMPILED) $(BIN)/preemption bench all --json | tee bench.json
+	$(BIN)/preemption bench match --json | tee bench-python.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis bench.json
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis bench.json bench-python.json

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gps.nmea import NmeaDecoder
+from preemption import hotpath
 from preemption.clock import SimClock
 from preemption.config import PlannerConfig
 from preemption.planner import Planner
@@ -151,6 +152,7 @@ def bench_match(n_runs: int = 25) -> dict[str, Any]:
         "p50_ms": round(q[49] * 1e3, 4),
         "p99_ms": round(q[98] * 1e3, 4),
         "ratio_to_baseline": round(elapsed / base, 2),
+        "build": hotpath.describe(),
     }
 
 

@@ -285,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from preemption import hotpath
     from preemption.clock import RealClock
     from preemption.run import build, sources
     from signal_adapters import registry
@@ -313,7 +314,9 @@ def _run(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:  # bad broker settings, unreadable files
             print(f"error: {args.config}: [[gps]]: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        logging.getLogger("preemption").info("running %s", dep.deployment.name)
+        logging.getLogger("preemption").info(
+            "running %s; per-fix path %s", dep.deployment.name, hotpath.describe()
+        )
         await daemon.run(inputs, stop)
         counters = dict(sorted(daemon.counters.items()))
         print(json.dumps({"stopped": True, "counters": counters}))
