@@ -11,9 +11,9 @@ SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp
 export DEBIAN_FRONTEND := noninteractive
 
 # The compiled build of the per-fix hot path (setup.py, preemption/hotpath.py): the
-# wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked beside the sources'
-# config/ so the bundled scenarios are found, and run with PYTHONPATH in front of the
-# development install. Rebuilt whenever a source file changes.
+# wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked next to links to
+# the sources' config/ and tests/data/ (the bundled scenarios and logs), and run with
+# PYTHONPATH in front of the development install. Rebuilt when a source changes.
 COMPILED := build/compiled
 PY_SOURCES := $(shell find preemption routes gps sim signal_adapters -name '*.py') setup.py pyproject.toml
 # Tests import the compiled packages first: "append" keeps pytest from putting the
@@ -51,6 +51,7 @@ $(COMPILED)/.built: $(PY_SOURCES) | $(STAMP)
 	@# Its entry points come from the development install, which names the same modules.
 	rm -rf $(COMPILED)/preemption-*.dist-info
 	ln -s ../../config $(COMPILED)/config
+	mkdir $(COMPILED)/tests && ln -s ../../../tests/data $(COMPILED)/tests/data
 	@touch $@
 
 sysdeps:

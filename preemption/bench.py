@@ -158,7 +158,10 @@ def bench_match(n_runs: int = 25) -> dict[str, Any]:
 
 def bench_nmea(repeat: int = 20) -> dict[str, Any]:
     """Sentences per second through the decoder, on the real receiver logs of the tests."""
-    logs = sorted((Path(__file__).resolve().parent.parent / "tests/data/nmea").glob("*.log"))
+    folder = Path(__file__).resolve().parent.parent / "tests/data/nmea"
+    logs = sorted(folder.glob("*.log"))
+    if not logs:
+        raise FileNotFoundError(f"no receiver logs in {folder}: run it from a source checkout")
     blobs = [p.read_bytes() for p in logs]
     sentences = 0
     started = time.perf_counter()
