@@ -651,10 +651,10 @@ class RouteMatcher:
     def _normalise(self) -> None:
         """Weights to probabilities (kept for this fix), dropping the negligible."""
         logw = self._logw
-        if len(logw) == 1:  # committed and past every fork: most fixes of a run
-            for r in logw:
-                logw[r] = 0.0
-                self._probs = {r: 1.0}
+        if len(logw) == 1:  # one route left: past every fork
+            (r,) = logw
+            logw[r] = 0.0
+            self._probs = {r: 1.0}
             return
         # Lists and zip rather than comprehensions over dicts: this runs every fix.
         rids = list(logw)
