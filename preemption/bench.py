@@ -91,10 +91,11 @@ def bench_pipeline(n_fixes: int = 5000) -> dict[str, Any]:
 
 def bench_demo() -> dict[str, Any]:
     """The demo scenario end to end: simulated seconds per wall second."""
-    from preemption.demo import BUNDLED_SCENARIO, run_demo
+    from preemption.demo import run_demo
+    from preemption.simulate import bundled_scenario
 
     t = time.perf_counter()
-    report = run_demo(BUNDLED_SCENARIO)
+    report = run_demo(bundled_scenario())
     wall = time.perf_counter() - t
     simulated = report.travel_time_s + report.baseline_travel_time_s
     return {"wall_s": round(wall, 3), "realtime_factor": round(simulated / wall, 1)}

@@ -149,9 +149,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from preemption.demo import BUNDLED_SCENARIO, run_demo
+    from preemption.demo import run_demo
+    from preemption.simulate import bundled_scenario
 
-    report = run_demo(args.scenario or BUNDLED_SCENARIO)
+    report = run_demo(args.scenario or bundled_scenario())
     if args.json:
         print(json.dumps(report.to_json()))
     else:

@@ -38,7 +38,7 @@ def _progress(done: int, total: int) -> None:
 
 def run_sim_command(args: argparse.Namespace) -> int:
     from preemption.simulate import (
-        BUNDLED_SCENARIO,
+        bundled_scenario,
         compare,
         comparison_json,
         load,
@@ -55,7 +55,7 @@ def run_sim_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
-    setup = load(args.scenario or BUNDLED_SCENARIO)
+    setup = load(args.scenario or bundled_scenario())
     engines = setup.scenario.engines
     index = 0
     if args.route is not None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from gps.nmea import NmeaDecoder
 from preemption.clock import SimClock
-from preemption.config import Deployment
+from preemption.config import ConfigError, Deployment
 from preemption.daemon import Daemon, Dispatched
 from preemption.model import CommandKind, Fix, PreemptStatus
 from preemption.planner import Alarm
@@ -48,6 +48,20 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "config/scenarios"
 BUNDLED_SCENARIO = SCENARIOS / "berlin/scenario.toml"
 # The synthetic corridor on which the simulator's own targets are stated.
 CORRIDOR_SCENARIO = SCENARIOS / "demo/scenario.toml"
+
+
+def bundled_scenario() -> Path:
+    """:data:`BUNDLED_SCENARIO`, or a ConfigError saying where the bundled scenarios are."""
+    if not BUNDLED_SCENARIO.is_file():
+        why = (
+            "not found: the bundled scenarios (config/scenarios) come with a source "
+            "checkout, not with an installed wheel; name a scenario file, e.g. "
+            "preemption demo PATH/scenario.toml"
+        )
+        raise ConfigError(BUNDLED_SCENARIO, [("", why)])
+    return BUNDLED_SCENARIO
+
+
 END_FIXES = 3  # epochs still reported after the engine reached the end of its route
 
 # (engine, red crossing allowed) -> a fresh street with that engine on it

@@ -68,3 +68,18 @@ def test_demo_cli_json_has_the_documented_shape() -> None:
     ).stdout
     assert text.count("request") == len(doc["signals"])
     assert "saved" in text.splitlines()[-1]
+
+
+def test_without_the_bundled_scenarios_the_cli_says_where_they_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in an installed wheel: the scenarios live in the source checkout's config/.
+    import preemption.simulate
+    from preemption.cli import main
+
+    monkeypatch.setattr(preemption.simulate, "BUNDLED_SCENARIO", tmp_path / "scenario.toml")
+    for command in (["demo"], ["sim"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "source checkout" in err
+        assert "PATH/scenario.toml" in err
