@@ -11,9 +11,9 @@ SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp
 export DEBIAN_FRONTEND := noninteractive
 
 # The compiled build of the per-fix hot path (setup.py, preemption/hotpath.py): the
-# wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked next to links to
-# the sources' config/ and tests/data/ (the bundled scenarios and logs), and run with
-# PYTHONPATH in front of the development install. Rebuilt when a source changes.
+# wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked into build/compiled
+# with links to the sources' config/ and tests/data/ (bundled scenarios and logs), and
+# run with PYTHONPATH in front of the development install. Rebuilt when a source changes.
 COMPILED := build/compiled
 PY_SOURCES := $(shell find preemption routes gps sim signal_adapters -name '*.py') setup.py pyproject.toml
 # Tests import the compiled packages first: "append" keeps pytest from putting the

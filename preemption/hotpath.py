@@ -1,6 +1,6 @@
 """The per-fix hot path, and whether this installation runs it compiled.
 
-NMEA bytes to a RoutePosition with ETAs runs through four modules for every fix
+NMEA bytes to a RoutePosition with ETAs runs through five modules for every fix
 of every engine. A compiled build (``PREEMPTION_COMPILE=1``, see setup.py and
 docs/benchmarks.md) turns exactly these into C extensions with mypyc, which
 compiles the type-annotated source as it is: the Python modules stay the
