@@ -78,6 +78,9 @@ class MatcherConfig:
     fork_sigmas: float = 2.0  # commit only this many sigma of s past the fork
     commit_fixes: int = 3  # fixes in a row the route must be ready to commit
     keep_probability: float = 0.3  # a committed route stays committed above this
+    # With a prior, the fixes alone must give the route this much to commit: the prior
+    # hastens a commitment the evidence leans to, it never makes one by itself.
+    prior_commit_evidence: float = 0.75
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
     leave_offset_m: float = 12.0  # cross-track innovation that counts as drifting off
@@ -267,6 +270,7 @@ class RouteMatcher:
 
         Applied to the hypotheses at once and to every later acquisition.
         """
+        before = {r: self._prior(r) for r in self._hyps}
         if prior is None:
             self.prior = {}
         elif isinstance(prior, str):
@@ -281,8 +285,9 @@ class RouteMatcher:
                 self._known(r)
             self.prior = {r: float(p) for r, p in prior.items() if p > 0}
         if self._hyps:
+            # The new prior replaces the old one; the evidence of the fixes so far stays.
             for r in self._hyps:
-                self._logw[r] = math.log(self._prior(r))
+                self._logw[r] += math.log(self._prior(r)) - math.log(before[r])
             self._normalise()
 
     def _known(self, route: str) -> None:
@@ -574,7 +579,9 @@ class RouteMatcher:
         a unit vector.
         """
         cfg, k = self.config, self._k
-        probs = self._probs
+        # Whether the vehicle left the routes or turned is the fixes' to say: a prior
+        # from dispatch naming another branch must not outvote them at the fork.
+        probs = self._evidence() if self.prior else self._probs
         reversing_w = drifting_w = along_w = flipped_w = 0.0
         # With the group cache intact nothing was pruned or resynced since _groups.
         pruned = self._members is None
@@ -637,6 +644,12 @@ class RouteMatcher:
         elif self._leaving >= cfg.leave_fixes + (0 if course_ok else 2):
             self._drop(Verdict.LEFT_ROUTE)
 
+    def _evidence(self) -> dict[str, float]:
+        """The routes' probabilities with the prior taken out: what the fixes alone say."""
+        weights = {r: math.exp(v - math.log(self._prior(r))) for r, v in self._logw.items()}
+        total = sum(weights.values())
+        return {r: w / total for r, w in weights.items()}
+
     def _drop(self, verdict: Verdict) -> None:
         self._aligned_course = None
         self._probs = {}
@@ -687,7 +700,12 @@ class RouteMatcher:
         probs = self._probs
         best = max(probs, key=probs.__getitem__)
         if self._committed not in probs or probs[self._committed] < cfg.keep_probability:
-            ready = probs[best] >= cfg.commit_probability and self._past_fork(best, probs)
+            # (A multipath burst at a fork leaves nothing but the prior to go on.)
+            ready = (
+                probs[best] >= cfg.commit_probability
+                and self._past_fork(best, probs)
+                and (not self.prior or self._evidence()[best] >= cfg.prior_commit_evidence)
+            )
             # The same route on top for commit_fixes fixes in a row: one or two fixes
             # that the along-track error places past a junction do not commit.
             self._leader = (

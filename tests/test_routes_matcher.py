@@ -210,6 +210,37 @@ def test_a_prior_commits_sooner_and_a_wrong_prior_still_loses() -> None:
     assert wrong <= none + 25.0
 
 
+@pytest.mark.parametrize("evidence", [0.75, 0.0])
+def test_a_prior_alone_never_commits(evidence: float) -> None:
+    # Dispatch almost sure of R2; the engine drives R1 past the fork while a multipath
+    # burst hides it: nothing but the prior speaks for either branch.
+    m = matcher(prior_commit_evidence=evidence)
+    m.set_prior({"R1": 0.01, "R2": 0.99})
+    drive(m, "R1", 0.0, BRANCH_S - 50.0)
+    committed = set()
+    for k in range(1, 9):
+        s = BRANCH_S - 50.0 + 12.5 * k
+        burst = offset_fix(fix_at(ROUTES, "R1", s, 100.0 + k, speed=12.5), 0.0, 400.0)
+        pos = m.update(burst)
+        committed.add(pos.committed)
+    assert m.counters["outliers"] == 8
+    if evidence:
+        assert committed == {None}
+    else:  # the check off: the prior alone would commit to the branch not taken
+        assert "R2" in committed
+
+
+def test_a_new_prior_keeps_the_evidence_of_the_fixes_so_far() -> None:
+    m = matcher()
+    for pos in drive(m, "R1", 0.0, 1500.0):
+        if pos.compatible.get("R1", 0.0) >= 0.99 and "R2" in pos.compatible:
+            break
+    else:
+        raise AssertionError("R1 never led with R2 still compatible")
+    m.set_prior("R2")  # dispatch names the other branch once the engine is past the fork
+    assert m.probabilities()["R1"] > 0.9
+
+
 def test_fixes_not_newer_than_the_last_are_counted_and_change_nothing() -> None:
     m = matcher()
     last = drive(m, "R1", 0.0, 200.0)[-1]
