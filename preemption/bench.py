@@ -260,8 +260,10 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     the issue states the benchmark: sigma 10 m Gauss-Markov (tau 30 s), 3 % multipath
     bursts. Position error also at sigma 5 m and 15 m. The same runs with the error
     model's dropouts (5-60 s, two an hour) are reported under ``with_dropouts``: a
-    dropout across a fork leaves nothing to decide on until the fixes return.
-    Every run has its own seed (station, route and run).
+    dropout across a fork leaves nothing to decide on until the fixes return. Under
+    ``with_prior``, the same runs with dispatch naming the engine's route (``right``)
+    or the route that parts from it last (``wrong``): the evidence must overturn a
+    wrong prior within the same 50 m. Every run has its own seed (station, route, run).
     """
     from sim.gnss import GnssErrorConfig
     from sim.identify import Results, run_identify, run_uturn, stations
@@ -269,6 +271,9 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     res = Results()
     other = Results()  # position error at sigma 5 and 15 m: not part of the identification
     dropouts = Results()
+    # Dispatch's prior: naming the engine's route, and naming the route that parts
+    # from it last (the wrong prior that the evidence has the least time to overturn).
+    right_prior, wrong_prior = Results(), Results()
 
     def gnss(sigma: float) -> GnssErrorConfig:
         return GnssErrorConfig(sigma_m=sigma, dropout_rate_per_h=0.0)
@@ -284,12 +289,22 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
                 run_identify(st, rid, gnss(15.0), run_seed, other)
                 run_uturn(st, rid, gnss(10.0), run_seed, res)
                 run_identify(st, rid, GnssErrorConfig(sigma_m=10.0), run_seed, dropouts)
+                run_identify(st, rid, gnss(10.0), run_seed, right_prior, prior=rid)
+                forks = st.synthetic.routes[rid].branch_points
+                if forks:
+                    rival = forks[-1].other_routes[0]
+                    run_identify(st, rid, gnss(10.0), run_seed, wrong_prior, prior=rival)
                 runs += 1
     res.pos_err.update(other.pos_err)
     summary = res.summary()
     summary["runs"] = runs
     with_dropouts = dropouts.summary()
     summary["with_dropouts"] = {k: with_dropouts[k] for k in IDENTIFICATION if k in with_dropouts}
+    keys = (*IDENTIFICATION, "route_commit_median_m", "route_commit_p95_m")
+    summary["with_prior"] = {
+        name: {k: v for k, v in r.summary().items() if k in keys}
+        for name, r in (("right", right_prior), ("wrong", wrong_prior))
+    }
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     return summary
 

@@ -185,7 +185,10 @@ def run_identify(
             threshold = 1.0 - matcher.config.commit_probability
             if pos.on_route and other <= threshold:
                 decided[bp.fork] = tp.s - bp.s_apart_m
-            elif pos.on_route and own <= threshold:
+            elif pos.on_route and own <= threshold and prior is None:
+                # With a prior naming another route, the prior alone holds the own
+                # branch this low at the fork, before any evidence: only whether and
+                # where the evidence overturns it counts (undecided if it never does).
                 decided[bp.fork] = math.nan
                 results.wrong_decisions += 1
         if pos.on_route and pos.route is not None and _runs_here(station, pos.route, route, tp.s):
