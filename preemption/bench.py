@@ -266,7 +266,7 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
     wrong prior within the same 50 m. Every run has its own seed (station, route, run).
     """
     from sim.gnss import GnssErrorConfig
-    from sim.identify import Results, run_identify, run_uturn, stations
+    from sim.identify import Results, run_identify, run_leave, run_uturn, stations
 
     res = Results()
     other = Results()  # position error at sigma 5 and 15 m: not part of the identification
@@ -288,6 +288,7 @@ def bench_identify(n_stations: int = 12, seeds: int = 4) -> dict[str, Any]:
                 run_identify(st, rid, gnss(5.0), run_seed, other)
                 run_identify(st, rid, gnss(15.0), run_seed, other)
                 run_uturn(st, rid, gnss(10.0), run_seed, res)
+                run_leave(st, rid, gnss(10.0), run_seed, res)
                 run_identify(st, rid, GnssErrorConfig(sigma_m=10.0), run_seed, dropouts)
                 run_identify(st, rid, gnss(10.0), run_seed, right_prior, prior=rid)
                 forks = st.synthetic.routes[rid].branch_points
@@ -338,20 +339,23 @@ def bench_sim(n_signals: int = 15, sweep_runs: int = 10) -> dict[str, Any]:
 def bench_identify_large(n_stations: int = 50, seeds: int = 10) -> dict[str, Any]:
     """The identification figures on a larger sample: 3,000 runs on other stations
     than ``identify``'s (station seed 11), so that a wrong-commit rate of 0.1 % is
-    resolved at all (``identify``'s 288 runs cannot tell 0 from 0.3 %)."""
+    resolved at all (``identify``'s 288 runs cannot tell 0 from 0.3 %); and as many
+    turns off the route into a side street."""
     from sim.gnss import GnssErrorConfig
-    from sim.identify import Results, run_identify, stations
+    from sim.identify import Results, run_identify, run_leave, stations
 
     res = Results()
     started = time.perf_counter()
+    gnss = GnssErrorConfig(sigma_m=10.0, dropout_rate_per_h=0.0)
     for i, st in enumerate(stations(11, n_stations)):
         for k, rid in enumerate(st.routes.routes):
             for seed in range(seeds):
-                gnss = GnssErrorConfig(sigma_m=10.0, dropout_rate_per_h=0.0)
                 run_identify(st, rid, gnss, 100_000 * i + 1000 * k + seed, res)
+                run_leave(st, rid, gnss, 100_000 * i + 1000 * k + seed, res)
     s = res.summary()
     keys: tuple[str, ...] = ("runs_branch_points", "identify_runs", *IDENTIFICATION)
     keys += ("by_angle_class", "route_commit_median_m", "route_commit_p95_m")
+    keys += tuple(k for k in s if k.startswith("leave_"))
     out = {k: s[k] for k in keys if k in s}
     out["wall_s"] = round(time.perf_counter() - started, 1)
     return out

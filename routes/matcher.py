@@ -83,7 +83,7 @@ class MatcherConfig:
     prior_commit_evidence: float = 0.75
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
-    leave_offset_m: float = 12.0  # cross-track innovation that counts as drifting off
+    leave_offset_m: float = 7.0  # cross-track innovation that counts as drifting off
     leave_heading_deg: float = 35.0  # course off the route by this much counts as leaving
     leave_fixes: int = 2
     uturn_heading_deg: float = 120.0
@@ -582,7 +582,8 @@ class RouteMatcher:
         # Whether the vehicle left the routes or turned is the fixes' to say: a prior
         # from dispatch naming another branch must not outvote them at the fork.
         probs = self._evidence() if self.prior else self._probs
-        reversing_w = drifting_w = along_w = flipped_w = 0.0
+        reversing_w = drifting_w = along_w = flipped_w = away_w = 0.0
+        along_any = False  # some route, however unlikely, runs the way the course does
         # With the group cache intact nothing was pruned or resynced since _groups.
         pruned = self._members is None
         for h, _, members, until, _, _, off in results:
@@ -613,10 +614,13 @@ class RouteMatcher:
                         reversing_w += w
                     if near_c >= k.cos_along:  # angle <= along_heading_deg
                         along_w += w
+                        along_any = True
                     if flipped:
                         flipped_w += w
-                    if drifts and wide_c <= k.cos_leave:  # angle >= leave_heading_deg
-                        drifting_w += w
+                    if wide_c <= k.cos_leave:  # angle >= leave_heading_deg
+                        away_w += w
+                        if drifts:
+                            drifting_w += w
             elif outlier and abs(h.innovation) >= 3 * cfg.sigma_m:
                 # Without a course, only a sustained drift (not a burst) counts.
                 drifting_w += sum([probs[r] for r in rids])
@@ -637,11 +641,18 @@ class RouteMatcher:
         if course_ok and along_w >= cfg.verdict_weight:
             self._aligned_course = course
         drifting = drifting_w >= cfg.verdict_weight
+        # Leaving: fixes in a row heading away from the route (with a course) or
+        # drifting off it (without), the last of them already clear of the route.
+        # The turn into a side street shows in the course a fix before the position
+        # is clear of the route: that fix counts, unless some route runs that way (the
+        # engine may be taking a branch the weights have not yet moved to). (A turn
+        # sharper than 120 degrees reads as reversing too; either verdict ends the track.)
+        away = course_ok and away_w >= cfg.verdict_weight and not along_any
         self._reversing = self._reversing + 1 if reversing else 0
-        self._leaving = self._leaving + 1 if drifting and not reversing else 0
+        self._leaving = self._leaving + 1 if away or drifting else 0
         if self._reversing >= cfg.uturn_fixes:
             self._drop(Verdict.U_TURN)
-        elif self._leaving >= cfg.leave_fixes + (0 if course_ok else 2):
+        elif drifting and self._leaving >= cfg.leave_fixes + (0 if course_ok else 2):
             self._drop(Verdict.LEFT_ROUTE)
 
     def _evidence(self) -> dict[str, float]:

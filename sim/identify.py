@@ -42,6 +42,10 @@ from sim.gnss import GnssErrorConfig, GnssErrorModel, to_fix
 from sim.synthetic import SyntheticStation, generate_station
 
 T0 = 1_764_320_400.0  # 2025-11-28T09:00:00Z: fixes carry real-looking UTC times
+# The issue's bound on noticing that the engine left its route: within 3 fixes, or
+# before it is 20 m away from the route.
+LEAVE_FIXES = 3
+LEAVE_M = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,9 @@ class Results:
     pos_err: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
     eta30: list[float] = field(default_factory=list)
     uturn_fixes: list[int] = field(default_factory=list)
+    # Turning off into a side street, at the verdict: fixes since the turn began and
+    # the engine's true distance from the route
+    leave: list[tuple[int, float]] = field(default_factory=list)
     route_commit: list[float] = field(default_factory=list)  # committed to the route, after
     # the last fork's 10 m point (the planner may then ask for the route's own signals)
 
@@ -124,6 +131,16 @@ class Results:
         if self.uturn_fixes:
             out["uturn_detect_fixes_max"] = max(self.uturn_fixes)
             out["uturn_runs"] = len(self.uturn_fixes)
+        if self.leave:
+            fixes = np.asarray([f for f, _ in self.leave], dtype=float)
+            off = np.asarray([m for _, m in self.leave])
+            out["leave_detect_fixes_median"] = round(float(np.median(fixes)), 1)
+            out["leave_detect_fixes_max"] = int(fixes.max())
+            out["leave_detect_off_m_median"] = round(float(np.median(off)), 1)
+            out["leave_detect_off_m_p95"] = round(float(np.percentile(off, 95)), 1)
+            met = sum(1 for f, m in self.leave if f <= LEAVE_FIXES or m <= LEAVE_M)
+            out["leave_within_3_fixes_or_20m_pct"] = round(100.0 * met / len(self.leave), 2)
+            out["leave_runs"] = len(self.leave)
         return out
 
 
@@ -259,6 +276,97 @@ def run_uturn(
             results.uturn_fixes.append(fixes_after)
             return
     results.uturn_fixes.append(10**6)  # never detected
+
+
+def run_leave(
+    station: Station,
+    route: str,
+    gnss: GnssErrorConfig,
+    seed: int,
+    results: Results,
+    matcher_config: MatcherConfig | None = None,
+) -> None:
+    """Turn off the route into a side street: fixes and metres until the matcher says so.
+
+    The engine drives its route to a point away from the route's forks, slows to
+    6 m/s over the last 40 m, turns through 60-120 degrees left or right on a 12 m
+    radius and drives the straight side street, speeding up to 12 m/s. Recorded at
+    the verdict: the fixes the receiver delivered since the turn began, and how far
+    the engine truly is from the route.
+    """
+    mr = station.routes[route]
+    rng = np.random.default_rng(seed)
+    forks = [bp.s_fork_m for bp in station.synthetic.routes[route].branch_points]
+    s_leave = 0.0
+    for _ in range(100):
+        s_leave = float(rng.uniform(300.0, max(400.0, mr.length - 200.0)))
+        if all(abs(s_leave - f) > 100.0 for f in forks):
+            break
+    turn = math.radians(float(rng.uniform(60.0, 120.0)) * (1 if rng.random() < 0.5 else -1))
+    model = GnssErrorModel(gnss, seed=seed)
+    matcher = RouteMatcher("engine", station.index, matcher_config)
+    projector = station.routes.projector
+
+    def see(t: float, x: float, y: float, v: float, heading: float) -> bool | None:
+        obs = model.observe(t, x, y, v, heading % 360.0)
+        if obs is None:
+            return None
+        return matcher.update(to_fix(obs, projector, "engine", time_offset_s=T0)).on_route
+
+    t = 0.0
+    truth = drive(station.index.speed[route], s_leave - 40.0)
+    for tp in truth:
+        p = mr.at(tp.s)
+        see(tp.t, p.x, p.y, tp.v, p.heading_deg)
+        t = tp.t
+    # Slow to 6 m/s by the turn (10 Hz steps, a fix each second).
+    s, v = truth[-1].s, truth[-1].v
+    brake = max((v * v - 36.0) / (2.0 * max(s_leave - s, 1.0)), 0.0)
+    k = 0
+    while s < s_leave:
+        v = max(6.0, v - brake * 0.1)
+        s += v * 0.1
+        k += 1
+        if k % 10 == 0:
+            t += 1.0
+            p = mr.at(min(s, s_leave))
+            see(t, p.x, p.y, v, p.heading_deg)
+    # The turn: an arc of radius 12 m, then the straight side street.
+    start = mr.at(s_leave)
+    h0 = math.radians(start.heading_deg)
+    radius = 12.0
+    arc = abs(turn) * radius
+    side = 1.0 if turn > 0 else -1.0  # right (clockwise) or left
+    d = 0.0
+    fixes = 0
+    for k in range(1, 200):
+        v = min(12.0, v + 0.15)  # 1.5 m/s2
+        d += v * 0.1
+        if k % 10:
+            continue
+        t += 1.0
+        if d <= arc:
+            a = d / radius  # angle turned so far
+            heading = h0 + side * a
+            # Centre of the arc to the right (side 1) or left of the start heading.
+            cx = start.x + side * radius * math.cos(h0)
+            cy = start.y - side * radius * math.sin(h0)
+            x = cx - side * radius * math.cos(heading)
+            y = cy + side * radius * math.sin(heading)
+        else:
+            heading = h0 + turn
+            end_x = start.x + side * radius * (math.cos(h0) - math.cos(heading))
+            end_y = start.y - side * radius * (math.sin(h0) - math.sin(heading))
+            x = end_x + (d - arc) * math.sin(heading)
+            y = end_y + (d - arc) * math.cos(heading)
+        on = see(t, x, y, v, math.degrees(heading))
+        if on is None:
+            continue
+        fixes += 1
+        if not on:
+            results.leave.append((fixes, abs(station.index.locate(route, x, y).offset)))
+            return
+    results.leave.append((10**6, math.inf))  # never noticed
 
 
 def _arrival(truth: Sequence[TruePoint], s: float) -> float | None:
