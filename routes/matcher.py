@@ -83,9 +83,9 @@ class MatcherConfig:
     prior_commit_evidence: float = 0.75
     evidence_weight: float = 1.0  # tempering of each fix's log-likelihood
     prune_probability: float = 1e-6
-    leave_offset_m: float = 7.0  # cross-track innovation that counts as drifting off
+    leave_offset_m: float = 7.0  # cross-track innovation that counts as clear of the route
     leave_heading_deg: float = 35.0  # course off the route by this much counts as leaving
-    leave_fixes: int = 2
+    leave_fixes: int = 2  # fixes in a row heading away, the last clear of the route
     uturn_heading_deg: float = 120.0
     verdict_weight: float = 0.75  # share of the probability that must see a U-turn / leaving
     uturn_flip_deg: float = 150.0  # course against the last route-following course

@@ -286,7 +286,7 @@ def run_leave(
     results: Results,
     matcher_config: MatcherConfig | None = None,
 ) -> None:
-    """Turn off the route into a side street: fixes and metres until the matcher says so.
+    """Turn off the route into a side street: how soon the matcher says so.
 
     The engine drives its route to a point away from the route's forks, slows to
     6 m/s over the last 40 m, turns through 60-120 degrees left or right on a 12 m
