@@ -244,6 +244,7 @@ class RouteMatcher:
         self.config = config or MatcherConfig()
         self._k = _Derived.of(self.config)
         self.prior: dict[str, float] = {}
+        self._log_prior: dict[str, float] = {}  # of every route while a prior is set
         self.verdict = Verdict.SEARCHING
         self.counters: Counter[str] = Counter()
         self._hyps: dict[str, _Hypothesis] = {}  # route -> filter (shared by twins)
@@ -270,7 +271,7 @@ class RouteMatcher:
 
         Applied to the hypotheses at once and to every later acquisition.
         """
-        before = {r: self._prior(r) for r in self._hyps}
+        before = self._log_prior
         if prior is None:
             self.prior = {}
         elif isinstance(prior, str):
@@ -284,20 +285,21 @@ class RouteMatcher:
             for r in prior:
                 self._known(r)
             self.prior = {r: float(p) for r, p in prior.items() if p > 0}
+        # Routes the prior leaves out keep a little weight: the evidence may want them.
+        self._log_prior = (
+            {r: math.log(max(self.prior.get(r, 0.0), 1e-3)) for r in self.index.routes.routes}
+            if self.prior
+            else {}
+        )
         if self._hyps:
             # The new prior replaces the old one; the evidence of the fixes so far stays.
             for r in self._hyps:
-                self._logw[r] += math.log(self._prior(r)) - math.log(before[r])
+                self._logw[r] += self._log_prior.get(r, 0.0) - before.get(r, 0.0)
             self._normalise()
 
     def _known(self, route: str) -> None:
         if route not in self.index.routes.routes:
             raise KeyError(f"unknown route {route!r}; known: {sorted(self.index.routes.routes)}")
-
-    def _prior(self, route: str) -> float:
-        if not self.prior:
-            return 1.0
-        return max(self.prior.get(route, 0.0), 1e-3)
 
     # -- one fix --------------------------------------------------------------
 
@@ -335,7 +337,7 @@ class RouteMatcher:
             started = self._start(r, x, y, fix, course_ok)
             if started is not None:
                 self._hyps[r] = started[0]
-                self._logw[r] = math.log(self._prior(r)) + started[1]
+                self._logw[r] = self._log_prior.get(r, 0.0) + started[1]
         if not self._hyps:
             return False
         self._share()
@@ -657,7 +659,8 @@ class RouteMatcher:
 
     def _evidence(self) -> dict[str, float]:
         """The routes' probabilities with the prior taken out: what the fixes alone say."""
-        weights = {r: math.exp(v - math.log(self._prior(r))) for r, v in self._logw.items()}
+        log_prior = self._log_prior
+        weights = {r: math.exp(v - log_prior[r]) for r, v in self._logw.items()}
         total = sum(weights.values())
         return {r: w / total for r, w in weights.items()}
 
