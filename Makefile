@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp
 export DEBIAN_FRONTEND := noninteractive
 
-# The compiled build of the per-fix hot path (setup.py, preemption/hotpath.py): the
+# The compiled build of the per-fix hot path (setup.py, preemption/service/hotpath.py): the
 # wheel a deployment installs with PREEMPTION_COMPILE=1, unpacked into build/compiled
 # with links to the sources' config/ and tests/data/ (bundled scenarios and logs), and
 # run with PYTHONPATH in front of the development install. Rebuilt when a source changes.

@@ -2,7 +2,7 @@
 
 Everything about the distribution is in pyproject.toml. This file only adds the
 C extensions when asked for: ``PREEMPTION_COMPILE=1 pip install .`` (or
-``make compiled``) compiles the modules of preemption/hotpath.py with mypyc,
+``make compiled``) compiles the modules of preemption/service/hotpath.py with mypyc,
 about 1.5 times the fixes per second of the pure-Python modules. Without the
 variable nothing is compiled and no compiler is needed.
 """
@@ -12,7 +12,7 @@ import sys
 
 from setuptools import setup
 
-# The same modules as preemption.hotpath.HOT_MODULES (tests/test_hotpath.py checks).
+# The same modules as preemption.service.hotpath.HOT_MODULES (tests/test_hotpath.py checks).
 HOT_MODULES = [
     "gps/nmea.py",
     "gps/validity.py",

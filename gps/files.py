@@ -46,7 +46,8 @@ from gps.validity import (
     plausible_satellites,
     position_problem,
 )
-from preemption.model import Fix, FixQuality
+from preemption.kernel.errors import InputError
+from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
     "CSV_COLUMNS",
@@ -95,7 +96,7 @@ _GPX_FIX: Final = {
 _QUALITY_GPX_FIX: Final = {FixQuality.DGPS: "dgps", FixQuality.PPS: "pps"}
 
 
-class TrackFileError(ValueError):
+class TrackFileError(InputError):
     """The file as a whole is not a usable track."""
 
 

@@ -1,4 +1,4 @@
-"""A receiver behind gpsd: its JSON reports in, :class:`~preemption.model.Fix` out.
+"""A receiver behind gpsd: its JSON reports in, :class:`~preemption.kernel.model.Fix` out.
 
 gpsd owns the device and speaks JSON on TCP (port 2947): after
 ``?WATCH={"enable":true,"json":true};`` it sends one report per line. A TPV
@@ -15,7 +15,7 @@ As with NMEA, nothing a peer sends raises out of the source: everything that
 does not become a fix is counted in :attr:`GpsdDecoder.dropped` under a stable
 reason (:data:`DROP_REASONS`). When gpsd goes away (restarted, not yet up) the
 outage is logged once, and the source reconnects with backoff on the
-:class:`~preemption.clock.Clock`.
+:class:`~preemption.kernel.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from gps.validity import (
     plausible_satellites,
     plausible_speed,
 )
-from preemption.clock import Clock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
     "DEFAULT_HOST",

@@ -50,8 +50,9 @@ from gps.position_json import (
     StatusMessage,
     check_vehicle_id,
 )
-from preemption.clock import Clock
-from preemption.model import Fix
+from preemption.kernel.clock import Clock
+from preemption.kernel.errors import InputError
+from preemption.kernel.model import Fix
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -103,7 +104,7 @@ def topic_for(prefix: str, vehicle: str, kind: TopicKind) -> str:
     return f"{prefix}/{vehicle}/{kind.value}"
 
 
-class BrokerConfigError(ValueError):
+class BrokerConfigError(InputError):
     """The broker settings cannot work (missing certificate file, bad port ...)."""
 
 

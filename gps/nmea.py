@@ -1,4 +1,4 @@
-"""NMEA 0183 in, :class:`~preemption.model.Fix` out.
+"""NMEA 0183 in, :class:`~preemption.kernel.model.Fix` out.
 
 A receiver speaks in *epochs*: for each instant it sends several sentences
 (GGA, RMC, GSA, VTG ...) that each carry part of the picture. The decoder
@@ -67,7 +67,7 @@ from gps.validity import (
     plausible_satellites,
     plausible_speed,
 )
-from preemption.model import Fix, FixQuality
+from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
     "DROP_REASONS",

@@ -58,8 +58,8 @@ from gps.position_json import (
     check_vehicle_id,
     fix_problem,
 )
-from preemption.clock import Clock
-from preemption.model import Fix
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix
 
 __all__ = ["FORWARDER_DROP_REASONS", "OnboardForwarder", "OnboardSettings", "run_onboard"]
 

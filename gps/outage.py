@@ -18,8 +18,8 @@ from collections.abc import AsyncGenerator
 from typing import Generic, Protocol, TypeVar
 
 from gps.backoff import Backoff
-from preemption.clock import Clock
-from preemption.model import Fix
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix
 
 __all__ = ["Closable", "Outage", "ReconnectingSource", "close_quietly", "describe"]
 

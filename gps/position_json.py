@@ -30,7 +30,7 @@ as written; no other keys, no duplicate keys, no NaN or Infinity):
 
 Decoding takes untrusted bytes and never raises: it returns the message or a
 :class:`Rejected` with a stable reason from :data:`DROP_REASONS`. No message
-that decodes can make a :class:`~preemption.model.Fix` with invalid values: the
+that decodes can make a :class:`~preemption.kernel.model.Fix` with invalid values: the
 rules are those of ``gps/nmea.py`` (coordinates finite, in range and not 0,0;
 speed None or 0..100 m/s; course None or [0, 360); hdop None or finite > 0).
 
@@ -54,8 +54,8 @@ from gps.validity import (
     plausible_satellites,
     position_problem,
 )
-from preemption.clock import Clock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
     "DROP_REASONS",

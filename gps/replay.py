@@ -2,7 +2,7 @@
 
 NMEA logs (:class:`NmeaReplay`) and GPX/CSV tracks (:class:`TrackReplay`, read
 by :mod:`gps.files`) share one pacing rule, :class:`Pacer`. It runs on the
-:class:`~preemption.clock.Clock` handed in, so a replay on a ``SimClock`` takes
+:class:`~preemption.kernel.clock.Clock` handed in, so a replay on a ``SimClock`` takes
 no wall time and a replay on the real clock behaves like the receiver did.
 Timing follows the fixes, not the bytes: the gap between two yielded fixes is
 the gap between their times divided by ``rate``; ``rate=None`` replays as fast
@@ -20,8 +20,8 @@ from typing import TypeVar
 
 from gps.files import read_track
 from gps.nmea import NmeaDecoder
-from preemption.clock import Clock
-from preemption.model import Fix
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix
 
 __all__ = [
     "NmeaReplay",

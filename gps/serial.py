@@ -1,4 +1,4 @@
-"""A receiver on a serial line: NMEA bytes in, :class:`~preemption.model.Fix` out.
+"""A receiver on a serial line: NMEA bytes in, :class:`~preemption.kernel.model.Fix` out.
 
 The port is opened with pyserial-asyncio-fast and decoded by
 :class:`~gps.nmea.NmeaDecoder`. A serial receiver in a fire engine gets
@@ -6,7 +6,7 @@ unplugged, browns out with the ignition and re-enumerates on USB, so the
 source outlives its device: a read error, an end of file or a failed open
 (the path is gone) starts an *outage*, logged once with the device and what to
 check; the source then reopens the port with exponential backoff
-(:class:`~gps.backoff.Backoff`) on the :class:`~preemption.clock.Clock` until
+(:class:`~gps.backoff.Backoff`) on the :class:`~preemption.kernel.clock.Clock` until
 the device is back, and carries on with the same decoder (so time order and
 drop counters span the outage). An outage ends when bytes arrive again, not
 when the open succeeds: a port that opens and drops at once is still an
@@ -34,8 +34,8 @@ import serial_asyncio_fast
 from gps.backoff import Backoff
 from gps.nmea import NmeaDecoder
 from gps.outage import Closable, Outage, ReconnectingSource, close_quietly, describe
-from preemption.clock import Clock
-from preemption.model import Fix
+from preemption.kernel.clock import Clock
+from preemption.kernel.model import Fix
 
 __all__ = ["Closable", "Opener", "SerialNmeaSource"]
 

@@ -1,7 +1,7 @@
 """The engine's emergency-run status from a contact: blue-light switch or dispatch relay.
 
 Two readers, each an ``AsyncIterable[bool]`` (True: on an emergency run) on a
-:class:`~preemption.clock.Clock`, as :class:`gps.onboard.OnboardForwarder`
+:class:`~preemption.kernel.clock.Clock`, as :class:`gps.onboard.OnboardForwarder`
 takes them:
 
 * :class:`GpioInput`: a sysfs-style GPIO value file (``/sys/class/gpio/gpio17/value``,
@@ -39,7 +39,7 @@ from typing import Final, Literal, Protocol
 import serial
 
 from gps.backoff import Backoff
-from preemption.clock import Clock
+from preemption.kernel.clock import Clock
 
 __all__ = ["MODEM_LINES", "GpioInput", "ModemLines", "ModemLinesOpener", "SerialLineInput"]
 

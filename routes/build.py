@@ -30,13 +30,14 @@ import shapely
 import shapely.ops
 from sumolib.geomhelper import polygonOffsetWithMinimumDistanceToPoint
 
+from preemption.kernel.errors import InputError
 from routes.buildspec import Place, StationSpec, TargetSpec
 from routes.roadnet import Link, RoadNetwork
 
 MAX_VERTEX_SPACING_M = 100.0  # the route file wants vertices well under 500 m apart
 
 
-class RouteBuildError(ValueError):
+class RouteBuildError(InputError):
     """No route can be built as asked; the message names the route and what to change."""
 
 

@@ -12,12 +12,14 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from preemption.kernel.errors import InputError
+
 Lon = Annotated[float, Field(ge=-180, le=180)]
 Lat = Annotated[float, Field(ge=-90, le=90)]
 RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.:\-]*$")]
 
 
-class BuildSpecError(ValueError):
+class BuildSpecError(InputError):
     """A build spec is unusable; the message names the file and the key."""
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from preemption.model import Route, SignalPoint
+from preemption.kernel.errors import InputError
+from preemption.kernel.model import Route, SignalPoint
 from routes.geometry import MetricRoute
 from routes.projection import Projector
 
@@ -25,7 +26,7 @@ MAX_SIGNAL_OFFSET_M = 15.0  # a signal further than this from its route is a mis
 MAX_VERTEX_GAP_M = 500.0  # consecutive vertices further apart suggest a broken line
 
 
-class RouteFileError(ValueError):
+class RouteFileError(InputError):
     """A route file is unusable; the message names the file, the route and the feature."""
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString
 
-from preemption.model import Route, SignalPoint
+from preemption.kernel.model import Route, SignalPoint
 from routes.projection import FloatArray, Projector
 
 

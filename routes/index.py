@@ -17,7 +17,7 @@ from typing import NamedTuple
 import shapely
 from shapely.strtree import STRtree
 
-from preemption.model import SignalPoint
+from preemption.kernel.model import SignalPoint
 from routes.geojson import RouteSet
 from routes.geometry import MetricRoute
 from routes.network import RouteNetwork

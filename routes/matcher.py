@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from preemption.model import Fix, RoutePosition, SignalEta
+from preemption.kernel.model import Fix, RoutePosition, SignalEta
 from routes.geojson import RouteSet
 from routes.geometry import heading_difference
 from routes.index import Projection, RouteGeometry, RouteIndex

@@ -24,13 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from preemption.kernel.errors import InputError
+
 GREEN = frozenset("Gg")
 YELLOW = frozenset("yY")
 DEFAULT_YELLOW_S = 3.0
 ALL_PROGRAMS = "all"
 
 
-class ProgramError(ValueError):
+class ProgramError(InputError):
     """A traffic light's logic cannot be turned into a stage program."""
 
 

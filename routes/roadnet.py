@@ -32,6 +32,8 @@ from typing import Any
 import networkx as nx
 import sumolib
 
+from preemption.kernel.errors import InputError
+
 DEFAULT_VCLASS = "emergency"
 OSM_SUFFIXES = (".osm", ".osm.xml", ".osm.gz", ".osm.xml.gz")
 # netconvert options for an OSM extract: guess signals the map lacks, join the
@@ -52,7 +54,7 @@ NETCONVERT_OSM_OPTIONS = (
 )
 
 
-class RoadNetworkError(ValueError):
+class RoadNetworkError(InputError):
     """A road network cannot be loaded or converted; the message names the file and the fix."""
 
 

@@ -1,8 +1,8 @@
 """The adapter protocol: how the daemon's commands reach a signal controller.
 
-An adapter translates :class:`~preemption.model.Command` into whatever the
+An adapter translates :class:`~preemption.kernel.model.Command` into whatever the
 controller speaks (NTCIP 1202 over SNMP, C-ITS SREM, R09.16, a relay, MQTT) and
-reports what the controller says back as :class:`~preemption.model.SignalState`.
+reports what the controller says back as :class:`~preemption.kernel.model.SignalState`.
 
 Contract, for every adapter, built-in or a vendor's:
 
@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from preemption.clock import Clock
-from preemption.model import Command, SignalState
+from preemption.kernel.clock import Clock
+from preemption.kernel.errors import InputError, PreemptionError
+from preemption.kernel.model import Command, SignalState
 
 
 @runtime_checkable
@@ -56,11 +57,11 @@ class AdapterContext:
 AdapterFactory = Callable[[str, Mapping[str, Any], AdapterContext], SignalAdapter]
 
 
-class AdapterError(Exception):
+class AdapterError(PreemptionError):
     """A controller could not be asked; the message says which and what to do."""
 
     def __init__(self, controller: str, message: str) -> None:
-        super().__init__(f"controller {controller!r}: {message}")
+        super().__init__(f"controller {controller!r}: {message}" if controller else message)
         self.controller = controller
 
 
@@ -72,5 +73,5 @@ class RequestRejected(AdapterError):
     """The controller answered and refused the request."""
 
 
-class AdapterConfigError(AdapterError):
+class AdapterConfigError(AdapterError, InputError):
     """The adapter's options cannot work (missing address, bad approach number)."""

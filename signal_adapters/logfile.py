@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from preemption.model import Command, PreemptStatus, SignalState
+from preemption.kernel.model import Command, PreemptStatus, SignalState
 from signal_adapters.base import AdapterConfigError, AdapterContext
 
 

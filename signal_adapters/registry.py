@@ -16,17 +16,20 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import cast
 
-from signal_adapters.base import AdapterFactory
+from signal_adapters.base import AdapterConfigError, AdapterFactory
 
 GROUP = "preemption.signal_adapters"
 
 
-class UnknownAdapter(LookupError):
-    def __init__(self, name: str, installed: list[str]) -> None:
+class UnknownAdapter(AdapterConfigError):
+    """No installed package provides an adapter of that name."""
+
+    def __init__(self, name: str, installed: list[str], controller: str = "") -> None:
         have = ", ".join(installed) or "none"
         super().__init__(
+            controller,
             f"no signal adapter named {name!r} is installed (installed: {have}); "
-            f"install the package that provides it, or correct the name"
+            f"install the package that provides it, or correct the name",
         )
         self.name = name
 

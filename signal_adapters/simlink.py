@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from preemption.model import Command, PreemptStatus, SignalState
+from preemption.kernel.model import Command, PreemptStatus, SignalState
 from signal_adapters.base import AdapterConfigError, AdapterContext
 
 

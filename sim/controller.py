@@ -70,7 +70,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from preemption.model import PreemptStatus
+from preemption.kernel.model import PreemptStatus
 
 
 class Aspect(StrEnum):

@@ -59,7 +59,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from preemption.model import Fix, FixQuality
+from preemption.kernel.model import Fix, FixQuality
 from routes.projection import Projector
 from sim.nmea_out import epoch_sentences, sentence
 

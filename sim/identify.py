@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preemption.model import Fix
+from preemption.kernel.model import Fix
 from routes.geojson import RouteSet, load_routes_from_document
 from routes.index import RouteIndex
 from routes.matcher import MatcherConfig, RouteMatcher

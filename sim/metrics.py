@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from preemption.model import PreemptStatus
+from preemption.kernel.model import PreemptStatus
 from sim.controller import SignalController, green_interval_at
 from sim.street import EngineTrip
 from sim.traffic import ApproachQueue

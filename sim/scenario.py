@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from preemption.config import (
+from preemption.kernel.config import (
     ConfigError,
     Deployment,
     PlannerConfig,

@@ -2,7 +2,7 @@
 
 Two street models exist: the in-process one (``sim.world``) and SUMO through
 libsumo (``sim.sumo``). The runner that wires the daemon's parts to a street
-(``preemption.simulate``) knows only this protocol, so both run the same
+(``preemption.cli.simulate``) knows only this protocol, so both run the same
 planner against the same controller models (``sim.controller``), and give the
 same result type, named as SUMO's tripinfo output names things.
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from preemption.kernel.errors import SimulationError
 from routes.geojson import RouteSet
 from routes.geometry import MetricRoute
 from sim.controller import Aspect, SignalController, SignalProgram
@@ -49,7 +50,7 @@ NETCONVERT_TIMEOUT_S = 60.0
 SUMO_STATE = {Aspect.GREEN: "G", Aspect.YELLOW: "y", Aspect.RED: "r"}
 
 
-class SumoExportError(RuntimeError):
+class SumoExportError(SimulationError):
     """The scenario could not be turned into a SUMO network."""
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from preemption.config import ConfigError
+from preemption.kernel.config import ConfigError
 from routes.geojson import RouteSet
 from routes.geometry import MetricRoute
 from routes.speed import EngineProfile, SpeedProfile

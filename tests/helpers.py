@@ -6,7 +6,7 @@ import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from preemption.model import Fix, FixQuality, Route, RoutePosition, SignalEta
+from preemption.kernel.model import Fix, FixQuality, Route, RoutePosition, SignalEta
 from routes.geojson import RouteSet
 
 ROOT = Path(__file__).resolve().parent.parent

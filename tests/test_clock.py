@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from preemption.clock import Clock, RealClock, SimClock, every
+from preemption.kernel.clock import Clock, RealClock, SimClock, every
 
 
 def test_sim_clock_runs_sleeps_in_simulated_time_without_waiting() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from preemption.cli import main
-from preemption.config import ConfigError, load_config
+from preemption.kernel.config import ConfigError, load_config
 from signal_adapters import registry
 
 from .helpers import DEMO_DIR

@@ -5,10 +5,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from preemption.clock import SimClock
-from preemption.daemon import Daemon
-from preemption.model import Command, CommandKind, Fix, PreemptStatus, SignalState
-from preemption.planner import Alarm, ClaimState, Planner
+from preemption.decisions.planner import Alarm, ClaimState, Planner
+from preemption.kernel.clock import SimClock
+from preemption.kernel.model import Command, CommandKind, Fix, PreemptStatus, SignalState
+from preemption.service.daemon import Daemon
 from routes.matcher import RouteMatcher
 from signal_adapters.base import AdapterConfigError, AdapterContext, ControllerUnreachable
 from signal_adapters.simlink import SimLinkAdapter

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from preemption.demo import DemoReport, run_demo
-from preemption.simulate import load
+from preemption.cli.demo import DemoReport, run_demo
+from preemption.cli.simulate import load
 from sim.world import free_flow_on
 
 from .helpers import DEMO_DIR
@@ -74,10 +74,10 @@ def test_without_the_bundled_scenarios_the_cli_says_where_they_are(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # As in an installed wheel: the scenarios live in the source checkout's config/.
-    import preemption.simulate
+    import preemption.cli.simulate
     from preemption.cli import main
 
-    monkeypatch.setattr(preemption.simulate, "BUNDLED_SCENARIO", tmp_path / "scenario.toml")
+    monkeypatch.setattr(preemption.cli.simulate, "BUNDLED_SCENARIO", tmp_path / "scenario.toml")
     for command in (["demo"], ["sim"]):
         assert main(command) == 2
         err = capsys.readouterr().err

@@ -27,8 +27,8 @@ from gps.files import (
 )
 from gps.nmea import parse_nmea_file
 from gps.replay import NmeaReplay, TrackReplay, pace, replay_track
-from preemption.clock import SimClock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import SimClock
+from preemption.kernel.model import Fix, FixQuality
 
 DATA = Path(__file__).resolve().parent / "data"
 TRACKS = DATA / "tracks"

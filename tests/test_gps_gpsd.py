@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from gps.backoff import Backoff
 from gps.gpsd import DROP_REASONS, MAX_LINE, GpsdDecoder, GpsdSource, watch_command
 from gps.nmea import parse_nmea_file
-from preemption.clock import RealClock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import RealClock
+from preemption.kernel.model import Fix, FixQuality
 
 from .realparts import LOOPBACK, Gpsfake, free_port, wait_for
 

@@ -46,8 +46,8 @@ from gps.position_json import (
     decode_position,
     fix_problem,
 )
-from preemption.clock import RealClock, SimClock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import RealClock, SimClock
+from preemption.kernel.model import Fix, FixQuality
 
 from .broker import HOST, MosquittoBroker, eventually
 

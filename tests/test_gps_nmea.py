@@ -27,7 +27,7 @@ from gps.nmea import (
     _fields,
     parse_nmea_file,
 )
-from preemption.model import Fix, FixQuality
+from preemption.kernel.model import Fix, FixQuality
 
 LOGS = Path(__file__).resolve().parent / "data" / "nmea"
 ALL_LOGS = sorted(p.name for p in LOGS.glob("*.log"))

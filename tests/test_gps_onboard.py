@@ -19,8 +19,8 @@ import pytest
 from gps.mqtt import BrokerConfigError, BrokerSettings, MqttFixSource, VehicleStatus
 from gps.onboard import OnboardForwarder, OnboardSettings, run_onboard
 from gps.position_json import LinkMessage, StatusMessage, StatusSource
-from preemption.clock import RealClock, SimClock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import RealClock, SimClock
+from preemption.kernel.model import Fix, FixQuality
 
 from .broker import (
     HOST,
@@ -366,8 +366,8 @@ async def test_an_untrusted_broker_certificate_is_reported_as_a_tls_problem(
 _VANISHING_ENGINE = """
 import asyncio, sys
 from gps.onboard import OnboardSettings, run_onboard
-from preemption.clock import RealClock
-from preemption.model import Fix, FixQuality
+from preemption.kernel.clock import RealClock
+from preemption.kernel.model import Fix, FixQuality
 
 async def fixes():
     clock = RealClock()

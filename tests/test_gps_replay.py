@@ -11,8 +11,8 @@ import pytest
 
 from gps.nmea import parse_nmea_file
 from gps.replay import NmeaReplay, replay_lines, replay_nmea
-from preemption.clock import SimClock
-from preemption.model import Fix
+from preemption.kernel.clock import SimClock
+from preemption.kernel.model import Fix
 
 LOGS = Path(__file__).resolve().parent / "data" / "nmea"
 SIRF = LOGS / "sirfstarv-nmea.log"  # 59 fixes at 1 Hz: 58 s from first to last

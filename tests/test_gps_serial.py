@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from gps.backoff import Backoff
 from gps.nmea import parse_nmea_file
 from gps.serial import Closable, SerialNmeaSource
-from preemption.clock import RealClock, SimClock
-from preemption.model import Fix
+from preemption.kernel.clock import RealClock, SimClock
+from preemption.kernel.model import Fix
 
 from .realparts import SocatPty, open_fds, wait_for
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from preemption import hotpath
+from preemption.service import hotpath
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,9 +36,9 @@ from gps.position_json import (
 )
 from gps.status_input import GpioInput, SerialLineInput
 from preemption.cli import EXIT_CONFIG, EXIT_OK, main
-from preemption.clock import Clock, RealClock, SimClock
-from preemption.config import ConfigError
-from preemption.onboard import load_onboard, run
+from preemption.kernel.clock import Clock, RealClock, SimClock
+from preemption.kernel.config import ConfigError
+from preemption.service.onboard import load_onboard, run
 
 from .broker import HOST, MosquittoBroker, eventually, free_port, in_time
 from .helpers import DATA, ROOT

@@ -4,16 +4,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from preemption.clock import SimClock
-from preemption.config import PlannerConfig
-from preemption.model import (
+from preemption.decisions.planner import Alarm, ClaimState, Planner
+from preemption.kernel.clock import SimClock
+from preemption.kernel.config import PlannerConfig
+from preemption.kernel.model import (
     Command,
     CommandKind,
     PreemptStatus,
     RoutePosition,
     SignalState,
 )
-from preemption.planner import Alarm, ClaimState, Planner
 from routes.geojson import RouteSet, load_routes
 from routes.matcher import RouteMatcher
 

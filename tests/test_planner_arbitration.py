@@ -14,9 +14,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from preemption.clock import SimClock
-from preemption.config import PlannerConfig
-from preemption.model import (
+from preemption.decisions.planner import DUE, Alarm, ClaimState, Planner
+from preemption.kernel.clock import SimClock
+from preemption.kernel.config import PlannerConfig
+from preemption.kernel.model import (
     Command,
     CommandKind,
     PreemptStatus,
@@ -24,7 +25,6 @@ from preemption.model import (
     SignalPoint,
     SignalState,
 )
-from preemption.planner import DUE, Alarm, ClaimState, Planner
 
 from .helpers import position
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from preemption.model import Fix, RoutePosition
+from preemption.kernel.model import Fix, RoutePosition
 from routes.geojson import RouteSet, load_routes
 from routes.index import RouteIndex
 from routes.matcher import MatcherConfig, RouteMatcher, Verdict
@@ -308,7 +308,7 @@ def test_position_fields_in_the_order_built() -> None:
     # RouteMatcher._position builds these positionally (it is on the hot path).
     from dataclasses import fields
 
-    from preemption.model import SignalEta
+    from preemption.kernel.model import SignalEta
 
     assert [f.name for f in fields(SignalEta)] == [
         "intersection",

@@ -13,10 +13,10 @@ import aiomqtt
 import pytest
 
 from gps.position_json import PositionMessage, StatusMessage, StatusSource
-from preemption.clock import RealClock
-from preemption.config import load_config
-from preemption.model import Fix, FixQuality
-from preemption.run import build, sources
+from preemption.kernel.clock import RealClock
+from preemption.kernel.config import load_config
+from preemption.kernel.model import Fix, FixQuality
+from preemption.service.wiring import build, sources
 from routes.geojson import load_routes
 from signal_adapters import registry
 from sim.nmea_out import epoch_sentences

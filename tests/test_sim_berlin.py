@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from preemption.simulate import BUNDLED_SCENARIO, Comparison, compare, load
+from preemption.cli.simulate import BUNDLED_SCENARIO, Comparison, compare, load
 
 
 @pytest.fixture(scope="module")

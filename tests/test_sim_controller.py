@@ -15,7 +15,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from preemption.model import PreemptStatus
+from preemption.kernel.model import PreemptStatus
 from signal_adapters.simlink import PreemptionInput
 from sim.controller import (
     Aspect,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preemption.model import PreemptStatus
+from preemption.kernel.model import PreemptStatus
 from sim.controller import GroupKind, SignalController, SignalGroup, SignalProgram, Stage
 from sim.safety import SafetyMonitor, ViolationKind
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from preemption.simulate import Comparison, Setup, compare, comparison_json, load, sweep
+from preemption.cli.simulate import Comparison, Setup, compare, comparison_json, load, sweep
 from sim.street import Street
 from sim.world import Corridor
 

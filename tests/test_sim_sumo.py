@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preemption.simulate import Setup
-from preemption.sumo_run import (
+from preemption.cli.simulate import Setup
+from preemption.cli.sumo_run import (
     Loaded,
     _setup,
     compare,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from preemption.simulate import load, sweep
+from preemption.cli.simulate import load, sweep
 from sim.corridor_gen import write_corridor
 
 

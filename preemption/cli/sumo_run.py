@@ -2,7 +2,7 @@
 the in-process model.
 
 ``sim.sumo`` may not import the daemon (the dependency direction), so the runs
-are wired here, with the simulator's own runner (``preemption.simulate``):
+are wired here, with the simulator's own runner (``preemption.cli.simulate``):
 ``run_baseline`` and ``run_preempted`` over a :class:`sim.street.Street`, the
 in-process corridor or a :class:`sim.sumo.SumoStreet`, so both backends see the
 same daemon, the same dispatch alarm and the same safety watch.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preemption.config import Deployment
-from preemption.simulate import Setup, run_baseline, run_preempted
-from preemption.simulate import trip_json as simulate_trip_json
+from preemption.cli.simulate import Setup, run_baseline, run_preempted
+from preemption.cli.simulate import trip_json as simulate_trip_json
+from preemption.kernel.config import Deployment
 from routes.geojson import RouteSet
 from sim.scenario import EngineConfig, Scenario
 from sim.street import EngineTrip, Street
@@ -33,7 +33,7 @@ Scenarioish = Path | str | Loaded | Setup
 
 
 def load(path: Path | str) -> Loaded:
-    from preemption.simulate import load as load_setup
+    from preemption.cli.simulate import load as load_setup
 
     setup = load_setup(path)
     return setup.scenario, setup.deployment, setup.routes
@@ -43,7 +43,7 @@ def _setup(scenario: Scenarioish) -> Setup:
     if isinstance(scenario, Setup):
         return scenario
     if isinstance(scenario, Path | str):
-        from preemption.simulate import load as load_setup
+        from preemption.cli.simulate import load as load_setup
 
         return load_setup(scenario)
     scen, dep, routes = scenario

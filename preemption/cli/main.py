@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from preemption.cli_routes import add_routes_parser
-from preemption.config import ConfigError, load_config
-from preemption.model import Fix
+from preemption.cli.routes import add_routes_parser
+from preemption.kernel.config import ConfigError, load_config
+from preemption.kernel.errors import InputError, PreemptionError
+from preemption.kernel.model import Fix
 from routes.geojson import RouteFileError
 
 EXIT_OK = 0
@@ -34,9 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         code: int = args.func(args)
-    except (ConfigError, RouteFileError) as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except PreemptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 
@@ -57,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=_demo)
 
-    from preemption.cli_sim import add_sim_parser
+    from preemption.cli.sim import add_sim_parser
 
     add_sim_parser(sub)
 
@@ -149,8 +153,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from preemption.demo import run_demo
-    from preemption.simulate import bundled_scenario
+    from preemption.cli.demo import run_demo
+    from preemption.cli.simulate import bundled_scenario
 
     report = run_demo(args.scenario or bundled_scenario())
     if args.json:
@@ -275,7 +279,7 @@ def _fix_line(fix: Fix) -> str:
 
 
 def _onboard(args: argparse.Namespace) -> int:
-    from preemption.onboard import main as onboard_main
+    from preemption.service.onboard import main as onboard_main
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service: its log says what it does
@@ -286,9 +290,9 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from preemption import hotpath
-    from preemption.clock import RealClock
-    from preemption.run import build, sources
+    from preemption.kernel.clock import RealClock
+    from preemption.service import hotpath
+    from preemption.service.wiring import build, sources
     from signal_adapters import registry
     from signal_adapters.base import AdapterError
 
@@ -327,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from preemption.bench import run
+    from preemption.cli.bench import run
 
     result = run(args.name)
     if args.json:
@@ -338,5 +342,5 @@ def _bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m preemption.cli.main
     sys.exit(main())

@@ -18,17 +18,17 @@ from gps.mqtt import BrokerSettings, MqttFixSource, VehicleStatus
 from gps.position_json import StatusMessage, StatusSource
 from gps.replay import NmeaReplay
 from gps.serial import SerialNmeaSource
-from preemption.clock import Clock
-from preemption.config import (
+from preemption.decisions.planner import Planner
+from preemption.kernel.clock import Clock
+from preemption.kernel.config import (
     Deployment,
     GpsSourceConfig,
     MqttFleetSource,
     NmeaFileSource,
     SerialSource,
 )
-from preemption.daemon import Daemon
-from preemption.model import Fix
-from preemption.planner import Planner
+from preemption.kernel.model import Fix
+from preemption.service.daemon import Daemon
 from routes.geojson import RouteSet, load_routes
 from routes.index import RouteIndex
 from routes.matcher import RouteMatcher

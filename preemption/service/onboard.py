@@ -4,8 +4,8 @@ One TOML file (docs/onboard.md, config/onboard.example.toml) says which
 vehicle this is, where its GNSS receiver is (a serial port or gpsd), where the
 emergency status comes from (a fixed value, a GPIO value file or a serial
 port's modem line) and how to reach the central broker. It is validated like
-the deployment file (preemption/config.py): an unusable file raises
-:class:`~preemption.config.ConfigError` naming the file, the key and the
+the deployment file (preemption/kernel/config.py): an unusable file raises
+:class:`~preemption.kernel.config.ConfigError` naming the file, the key and the
 problem, which the CLI turns into exit status 2. Paths are relative to the
 file.
 
@@ -36,9 +36,9 @@ from gps.onboard import OnboardForwarder, OnboardSettings
 from gps.position_json import StatusSource
 from gps.serial import SerialNmeaSource
 from gps.status_input import GpioInput, SerialLineInput
-from preemption.clock import Clock, RealClock
-from preemption.config import ConfigError, Id, format_loc, read_toml, validation_problems
-from preemption.model import Fix
+from preemption.kernel.clock import Clock, RealClock
+from preemption.kernel.config import ConfigError, Id, format_loc, read_toml, validation_problems
+from preemption.kernel.model import Fix
 
 __all__ = [
     "SHUTDOWN_DRAIN_S",

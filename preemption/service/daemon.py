@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from preemption.clock import Clock, every
-from preemption.model import Command, CommandKind, Fix, RoutePosition, SignalState
-from preemption.planner import Alarm, Planner
+from preemption.decisions.planner import Alarm, Planner
+from preemption.kernel.clock import Clock, every
+from preemption.kernel.model import Command, CommandKind, Fix, RoutePosition, SignalState
 from routes.matcher import RouteMatcher
 from signal_adapters.base import AdapterError, SignalAdapter
 

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from preemption.kernel.errors import InputError
+
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 EmergencySource = Literal["onboard", "dispatch"]
@@ -198,7 +200,7 @@ def cross_check(dep: Deployment) -> list[tuple[str, str]]:
     return problems
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """A configuration file is unusable. ``problems`` are (key path, message) pairs."""
 
     def __init__(self, path: Path, problems: list[tuple[str, str]]) -> None:

@@ -37,7 +37,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def run_sim_command(args: argparse.Namespace) -> int:
-    from preemption.simulate import (
+    from preemption.cli.simulate import (
         bundled_scenario,
         compare,
         comparison_json,
@@ -106,7 +106,7 @@ def run_sim_command(args: argparse.Namespace) -> int:
 def _sumo(setup: Any, departures: list[float], engine_index: int) -> dict[str, Any]:
     """The SUMO backend's part of the report ("sumo", "agreement"): the same runs in SUMO
     (docs/sumo.md) and how well they agree with the in-process model."""
-    from preemption.sumo_run import sumo_section
+    from preemption.cli.sumo_run import sumo_section
 
     section: dict[str, Any] = sumo_section(
         setup, preempt=True, departures=departures, engine_index=engine_index

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from gps.nmea import NmeaDecoder
-from preemption.clock import SimClock
-from preemption.config import ConfigError, Deployment
-from preemption.daemon import Daemon, Dispatched
-from preemption.model import CommandKind, Fix, PreemptStatus
-from preemption.planner import Alarm
-from preemption.run import build
+from preemption.decisions.planner import Alarm
+from preemption.kernel.clock import SimClock
+from preemption.kernel.config import ConfigError, Deployment
+from preemption.kernel.model import CommandKind, Fix, PreemptStatus
+from preemption.service.daemon import Daemon, Dispatched
+from preemption.service.wiring import build
 from routes.geojson import RouteSet, load_routes
 from signal_adapters import registry
 from sim.metrics import CrossTraffic, SignalMetrics, cross_traffic, signal_metrics
@@ -43,7 +43,7 @@ from sim.street import EngineTrip, Street
 from sim.traffic import ApproachQueue
 from sim.world import Corridor, free_flow_on
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "config/scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "config/scenarios"
 # The default of `preemption sim` and `preemption demo`: the real-city scenario.
 BUNDLED_SCENARIO = SCENARIOS / "berlin/scenario.toml"
 # The synthetic corridor on which the simulator's own targets are stated.

@@ -1,6 +1,6 @@
 """``preemption routes build | check | show``: approach routes from a road network.
 
-Wired into preemption/cli.py by :func:`add_routes_parser`. Unusable input (a
+Wired into preemption/cli/main.py by :func:`add_routes_parser`. Unusable input (a
 build spec, network, route file) exits 2 with a message naming the file and the
 problem, like every other command.
 """

@@ -23,7 +23,7 @@ claimed. After completed, timeout or rejected the vehicle does not claim that
 intersection again on this run; after stale or cancelled it may (it came back).
 
 **Requests**, at most one per intersection: what the controller is asked. The
-arbiter (preemption/arbiter.py) picks the approach; vehicles on that approach
+arbiter (preemption/decisions/arbiter.py) picks the approach; vehicles on that approach
 share the request, the others wait queued. A request is updated when its ETA
 moves by more than a threshold (hysteresis against noise), refreshed before the
 controller's own timer lapses, and cancelled when its last vehicle is done, at
@@ -44,10 +44,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from preemption.arbiter import Claim, choose
-from preemption.clock import Clock
-from preemption.config import PlannerConfig
-from preemption.model import (
+from preemption.decisions.arbiter import Claim, choose
+from preemption.kernel.clock import Clock
+from preemption.kernel.config import PlannerConfig
+from preemption.kernel.model import (
     Command,
     CommandKind,
     PreemptStatus,

@@ -4,7 +4,7 @@ The simulated engine's receiver writes NMEA sentences; the gps decoder turns
 them into fixes; the daemon matches them against the routes, plans, and sends
 requests through the adapter named in the deployment file to the simulated
 controllers; the controllers run their pre-emption sequence. The same scenario
-without pre-emption is the baseline. The runner is ``preemption.simulate``; this
+without pre-emption is the baseline. The runner is ``preemption.cli.simulate``; this
 module only shapes its result into the demo's report.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from preemption.model import CommandKind
-from preemption.simulate import BUNDLED_SCENARIO, compare, load
+from preemption.cli.simulate import BUNDLED_SCENARIO, compare, load
+from preemption.kernel.model import CommandKind
 from sim.controller import green_interval_at
 
 __all__ = ["BUNDLED_SCENARIO", "DemoReport", "SignalResult", "run_demo"]
@@ -92,7 +92,7 @@ def _t(v: float | None) -> str:
 
 
 def run_demo(path: Path = BUNDLED_SCENARIO) -> DemoReport:
-    """The bundled scenario's first engine, with and without pre-emption (preemption.simulate)."""
+    """The bundled scenario's first engine, with and without pre-emption (cli.simulate)."""
     setup = load(path)
     c = compare(setup)
     depart = c.engine.depart_s

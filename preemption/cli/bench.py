@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from gps.nmea import NmeaDecoder
-from preemption import hotpath
-from preemption.clock import SimClock
-from preemption.config import PlannerConfig
-from preemption.planner import Planner
+from preemption.decisions.planner import Planner
+from preemption.kernel.clock import SimClock
+from preemption.kernel.config import PlannerConfig
+from preemption.service import hotpath
 from routes.geojson import load_routes
 from routes.matcher import RouteMatcher
 from sim.nmea_out import epoch_sentences
 
-DEMO_ROUTES = Path(__file__).resolve().parent.parent / "config/scenarios/demo/routes.geojson"
+DEMO_ROUTES = Path(__file__).resolve().parents[2] / "config/scenarios/demo/routes.geojson"
 VEHICLE = "BENCH-1"
 
 
@@ -91,8 +91,8 @@ def bench_pipeline(n_fixes: int = 5000) -> dict[str, Any]:
 
 def bench_demo() -> dict[str, Any]:
     """The demo scenario end to end: simulated seconds per wall second."""
-    from preemption.demo import run_demo
-    from preemption.simulate import bundled_scenario
+    from preemption.cli.demo import run_demo
+    from preemption.cli.simulate import bundled_scenario
 
     t = time.perf_counter()
     report = run_demo(bundled_scenario())
@@ -159,7 +159,7 @@ def bench_match(n_runs: int = 25) -> dict[str, Any]:
 
 def bench_nmea(repeat: int = 20) -> dict[str, Any]:
     """Sentences per second through the decoder, on the real receiver logs of the tests."""
-    folder = Path(__file__).resolve().parent.parent / "tests/data/nmea"
+    folder = Path(__file__).resolve().parents[2] / "tests/data/nmea"
     logs = sorted(folder.glob("*.log"))
     if not logs:
         raise FileNotFoundError(f"no receiver logs in {folder}: run it from a source checkout")
@@ -187,7 +187,7 @@ def bench_planner(steps: int = 20000) -> dict[str, Any]:
     Two vehicles on a 10 km route with 30 signals every 330 m, so each position
     carries 20 ETAs and requests open, update and close all along.
     """
-    from preemption.model import Route, RoutePosition, SignalEta, SignalPoint
+    from preemption.kernel.model import Route, RoutePosition, SignalEta, SignalPoint
 
     signals = tuple(SignalPoint(f"K{i}", f"C{i}", 300.0 + 330.0 * i, "1", 12.0) for i in range(30))
     route = Route("R", "bench", "FW", ((8.0, 49.0), (8.2, 49.0)), signals)
@@ -315,7 +315,7 @@ def bench_sim(n_signals: int = 15, sweep_runs: int = 10) -> dict[str, Any]:
     seconds per wall second over a sweep (baseline and pre-empted run each)."""
     import tempfile
 
-    from preemption.simulate import load, sweep
+    from preemption.cli.simulate import load, sweep
     from sim.corridor_gen import write_corridor
 
     with tempfile.TemporaryDirectory() as tmp:
