@@ -287,47 +287,9 @@ def _onboard(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
+    from preemption.cli.run import run_command
 
-    from preemption.kernel.clock import RealClock
-    from preemption.service import hotpath
-    from preemption.service.wiring import build, sources
-    from signal_adapters import registry
-    from signal_adapters.base import AdapterError
-
-    dep = load_config(args.config, adapters=set(registry.installed()))
-    clock = RealClock()
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            daemon = build(dep, clock)
-        except AdapterError as exc:
-            print(f"error: {args.config}: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        for vehicle in args.emergency:
-            if vehicle not in daemon.planner_vehicles:
-                print(f"error: --emergency {vehicle}: not in [[vehicles]]", file=sys.stderr)
-                return EXIT_CONFIG
-            daemon.set_emergency(vehicle, True, "dispatch")
-        try:
-            inputs = sources(dep, daemon, clock)
-        except (ValueError, OSError) as exc:  # bad broker settings, unreadable files
-            print(f"error: {args.config}: [[gps]]: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        logging.getLogger("preemption").info(
-            "running %s; per-fix path %s", dep.deployment.name, hotpath.describe()
-        )
-        await daemon.run(inputs, stop)
-        counters = dict(sorted(daemon.counters.items()))
-        print(json.dumps({"stopped": True, "counters": counters}))
-        return EXIT_OK
-
-    return asyncio.run(main())
+    return run_command(args)
 
 
 def _bench(args: argparse.Namespace) -> int:

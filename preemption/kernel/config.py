@@ -9,6 +9,7 @@ are installed is passed in by the caller.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -73,6 +74,15 @@ class PlannerConfig(_Strict):
     # route this much (hysteresis near a fork); below it, or once it commits to another
     # route, they are cancelled.
     dispatch_keep: Annotated[float, Field(gt=0, le=1)] = 0.2
+    # A position older than this by its own time (a backlog after a link outage) may
+    # complete or cancel a claim, never make a request; ETAs count from the fix's time.
+    max_fix_age_s: Annotated[float, Field(gt=0, le=30)] = 5.0
+    # The onboard emergency status must stay off this long before the run ends
+    # (hysteresis: a bouncing blue-light contact does not toggle the junctions).
+    emergency_off_delay_s: Annotated[float, Field(ge=0, le=30)] = 3.0
+    # After a restart, a request the previous process left active waits this long for
+    # its vehicle to be heard on its run again (then it is re-asserted), else cancelled.
+    recovery_grace_s: Annotated[float, Field(gt=0, le=60)] = 10.0
 
     @model_validator(mode="after")
     def _keep_below_ask(self) -> PlannerConfig:
@@ -80,6 +90,41 @@ class PlannerConfig(_Strict):
             raise ValueError(
                 f"dispatch_keep ({self.dispatch_keep}) must not exceed dispatch_confidence "
                 f"({self.dispatch_confidence}): a request would be cancelled at once"
+            )
+        return self
+
+
+class ServiceConfig(_Strict):
+    """The daemon process: journal, supervision, timeouts (docs/architecture.md)."""
+
+    # SQLite journal of every command, answer and decision; relative to the deployment
+    # file. Default: journal.sqlite in $STATE_DIRECTORY (systemd) or beside the file.
+    journal: Path | None = None
+    journal_retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    call_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0  # one adapter call
+    poll_s: Annotated[float, Field(ge=0.2, le=10)] = 1.0  # state poll while a request is held
+    # After a cancel, the controller is polled this long to see the call end.
+    release_poll_s: Annotated[float, Field(ge=0, le=120)] = 10.0
+    shutdown_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0  # SIGTERM: cancels confirmed
+    breaker_failures: Annotated[int, Field(ge=1, le=100)] = 3  # in a row: the breaker opens
+    breaker_min_s: Annotated[float, Field(gt=0, le=600)] = 5.0  # first wait of an open breaker
+    breaker_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    restart_min_s: Annotated[float, Field(gt=0, le=600)] = 1.0  # a failed task's first restart
+    restart_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    fix_queue: Annotated[int, Field(ge=1, le=10_000)] = 64  # per vehicle; the oldest is dropped
+    # Faster than this between two fixes is a jump no engine makes (a spoofed or broken
+    # position): dropped until the new track has held for several fixes.
+    max_implied_speed_ms: Annotated[float, Field(ge=20, le=150)] = 60.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ServiceConfig:
+        if self.breaker_min_s > self.breaker_max_s:
+            raise ValueError(
+                f"breaker_min_s ({self.breaker_min_s}) exceeds breaker_max_s ({self.breaker_max_s})"
+            )
+        if self.restart_min_s > self.restart_max_s:
+            raise ValueError(
+                f"restart_min_s ({self.restart_min_s}) exceeds restart_max_s ({self.restart_max_s})"
             )
         return self
 
@@ -145,6 +190,12 @@ class MqttFleetSource(_Strict):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     topic_prefix: str = "preemption/v1/vehicles"
+    # Without TLS and credentials anyone on the network can publish as a fire engine;
+    # the daemon refuses such a feed unless this is set (and says so at every start).
+    insecure: bool = False
+    max_rate_hz: Annotated[float, Field(ge=1, le=100)] = 20.0  # messages per vehicle and second
+    max_age_s: Annotated[float, Field(gt=0, le=300)] = 30.0  # older positions are dropped
+    max_future_s: Annotated[float, Field(ge=0, le=60)] = 5.0  # ahead of the centre's clock
 
 
 GpsSource = Annotated[
@@ -156,6 +207,7 @@ class Deployment(_Strict):
     deployment: DeploymentInfo
     routes: RoutesConfig
     planner: PlannerConfig = PlannerConfig()
+    service: ServiceConfig = ServiceConfig()
     priorities: dict[str, int] = Field(
         default_factory=lambda: {"fire": 0, "ambulance": 1, "police": 2, "transit": 3},
         description="priority class -> rank; lower goes first",
@@ -280,4 +332,14 @@ def load_config(path: Path | str, adapters: Collection[str] | None = None) -> De
     base = path.parent
     routes = RoutesConfig(files=[base / f for f in dep.routes.files])
     gps = [_resolve_paths(g, base) for g in dep.gps]
-    return dep.model_copy(update={"routes": routes, "gps": gps})
+    service = dep.service.model_copy(update={"journal": journal_path(dep.service, base)})
+    return dep.model_copy(update={"routes": routes, "gps": gps, "service": service})
+
+
+def journal_path(service: ServiceConfig, base: Path) -> Path:
+    """Where the journal lives: as configured (relative to ``base``), else journal.sqlite in
+    systemd's $STATE_DIRECTORY, else beside the deployment file."""
+    if service.journal is not None:
+        return base / service.journal
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state or base) / "journal.sqlite"
