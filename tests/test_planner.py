@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from preemption.decisions.planner import Alarm, ClaimState, Planner
+from preemption.decisions.planner import Alarm, ClaimState, HeldRequest, Planner, PlannerEvent
 from preemption.kernel.clock import SimClock
 from preemption.kernel.config import PlannerConfig
 from preemption.kernel.model import (
@@ -32,7 +32,14 @@ class Run:
         self, routes: RouteSet = ROUTES, cfg: PlannerConfig = CFG, emergency: bool = True
     ) -> None:
         self.clock = SimClock()
-        self.planner = Planner([mr.route for mr in routes], cfg, self.clock, {VEHICLE: "fire"})
+        self.events: list[PlannerEvent] = []
+        self.planner = Planner(
+            [mr.route for mr in routes],
+            cfg,
+            self.clock,
+            {VEHICLE: "fire"},
+            on_event=self.events.append,
+        )
         self.matcher = RouteMatcher(VEHICLE, routes)
         self.routes = routes
         self.commands: list[Command] = []
@@ -124,6 +131,9 @@ def test_every_release_condition_takes_requests_back(cause: str) -> None:
             out += run.tick()
     elif cause == "blue_lights_off":
         out = run.planner.set_emergency(VEHICLE, False)
+        assert out == []  # held for the off-delay: a bouncing contact is no release
+        while run.clock.monotonic() < CFG.emergency_off_delay_s:
+            out += run.tick(0.5)
     elif cause == "left_route":
         for fix in side_street(ROUTES, "R1", 160.0, run.clock.now(), n=3):
             run.clock.advance(1.0)
@@ -167,7 +177,7 @@ def test_confirmation_from_the_controller_marks_the_request_granted() -> None:
     assert run.planner.claim_state(VEHICLE, "K1") is ClaimState.REQUESTED
     run.planner.on_state(SignalState("K1", req.controller, PreemptStatus.ACTIVE, 0.0, "1"))
     assert run.planner.claim_state(VEHICLE, "K1") is ClaimState.GRANTED
-    k1 = [e.what for e in run.planner.events if e.intersection == "K1"]
+    k1 = [e.what for e in run.events if e.intersection == "K1"]
     assert k1 == ["armed", "due", "request", "requested", "granted"]
 
 
@@ -273,7 +283,7 @@ def _near_fork(route: str, compatible: dict[str, float], committed: bool = False
         ROUTES[route].route,
         1150.0,
         13.0,
-        0.0,
+        SimClock().now(),  # every test's clock starts at the same instant
         committed=committed,
         compatible=compatible,
         shared=("K1", "K2", "K3"),
@@ -312,3 +322,140 @@ def test_a_commitment_to_another_route_ends_the_hold() -> None:
 def test_dispatch_keep_may_not_exceed_dispatch_confidence() -> None:
     with pytest.raises(ValueError, match="dispatch_keep"):
         PlannerConfig(dispatch_confidence=0.4, dispatch_keep=0.5)
+
+
+# -- inputs as a network delivers them: late, bouncing, after a restart ---------------------
+
+
+def test_the_eta_counts_from_the_fix_time_not_from_receipt() -> None:
+    """A fix 3 s old: the request's ETA is 3 s shorter than the matcher's."""
+    fresh, late = Run(), Run()
+    late.clock.advance(3.0)  # the same fix (time 0) arrives 3 s late
+    a = fresh.drive("R1", 150.0)
+    fix = fix_at(ROUTES, "R1", 150.0, fresh.clock.now() - 0.0, speed=13.0)
+    b = late.planner.on_position(late.matcher.update(fix))
+    assert [c.kind for c in a] == [c.kind for c in b] == [CommandKind.REQUEST]
+    assert b[0].eta_s == pytest.approx(a[0].eta_s - 3.0)
+
+
+def test_a_backlog_after_a_link_outage_never_requests_signals() -> None:
+    """Found: after a 40 s outage a buffered burst requested and cancelled two signals the
+    engine had passed 20-30 s earlier. Old positions may complete claims, never request."""
+    run = Run()
+    t0 = run.clock.now()
+    run.clock.advance(40.0)
+    out: list[Command] = []
+    for k in range(34):  # the burst, all at once: fixes 40 to 7 s old
+        fix = fix_at(ROUTES, "R1", 13.0 * k, t0 + k, speed=13.0)
+        out += run.planner.on_position(run.matcher.update(fix))
+    assert out == []
+    assert run.planner.ignored["old_position"] == 34
+    # The newest position (1 s old) is fresh enough: K2 ahead is asked for.
+    fresh = fix_at(ROUTES, "R1", 13.0 * 39, run.clock.now() - 1.0, speed=13.0)
+    asked = run.planner.on_position(run.matcher.update(fresh))
+    assert [c.kind for c in asked] == [CommandKind.REQUEST]
+    assert asked[0].intersection not in {"K1"}  # K1 (400 m) is behind the engine at 533 m
+
+
+def test_blue_lights_bouncing_every_0_2_s_toggle_no_junction() -> None:
+    """Found: a blue-light input toggled every 0.2 s gave 10 request/cancel pairs in 21 s
+    at one junction. With the off-delay it is one request, and nothing taken back while
+    the engine is still on its run."""
+    run = Run()
+    lights = True
+    for step in range(105):  # 21 s in 0.2 s steps
+        if step % 5 == 0:
+            run.drive("R1", 150.0 + 10.0 * step / 5, speed=10.0)  # K1 is at 400 m
+        lights = not lights
+        run.commands += run.planner.set_emergency(VEHICLE, lights)
+        run.tick(0.2)
+    assert run.kinds("K1").count(CommandKind.REQUEST) == 1
+    assert CommandKind.CANCEL not in run.kinds("K1")
+
+
+def test_an_off_that_lasts_the_delay_ends_the_run_and_an_on_in_between_keeps_it() -> None:
+    run = Run()
+    run.drive("R1", 150.0)
+    run.commands += run.planner.set_emergency(VEHICLE, False)
+    run.tick(CFG.emergency_off_delay_s - 0.5)
+    run.commands += run.planner.set_emergency(VEHICLE, True)  # back on within the delay
+    run.tick(CFG.emergency_off_delay_s)
+    assert run.kinds("K1") == [CommandKind.REQUEST]
+    run.commands += run.planner.set_emergency(VEHICLE, False)
+    run.tick(CFG.emergency_off_delay_s)
+    assert run.kinds("K1") == [CommandKind.REQUEST, CommandKind.CANCEL]
+    assert "emergency status off" in run.commands[-1].reason
+
+
+def test_the_onboard_units_last_will_ends_its_claims_at_once() -> None:
+    run = Run()
+    run.drive("R1", 150.0)
+    out = run.planner.vehicle_offline(VEHICLE)
+    assert [(c.kind, c.intersection, c.reason) for c in out] == [
+        (CommandKind.CANCEL, "K1", "onboard unit offline")
+    ]
+    assert not run.planner.on_run(VEHICLE)
+    assert run.drive("R1", 170.0) == []  # offline counts as off until the unit says on
+    run.planner.set_emergency(VEHICLE, True)
+    assert [c.kind for c in run.drive("R1", 190.0)] == [CommandKind.REQUEST]
+
+
+def test_request_ids_carry_the_boot_id() -> None:
+    clock = SimClock()
+    a = Planner([mr.route for mr in ROUTES], CFG, clock, {VEHICLE: "fire"}, id_prefix="b1:")
+    b = Planner([mr.route for mr in ROUTES], CFG, clock, {VEHICLE: "fire"}, id_prefix="b2:")
+    ids = set()
+    for p in (a, b):
+        p.set_emergency(VEHICLE, True)
+        cmds = p.on_position(
+            RouteMatcher(VEHICLE, ROUTES).update(fix_at(ROUTES, "R1", 150.0, clock.now()))
+        )
+        ids |= {c.request_id for c in cmds}
+    assert len(ids) == 2
+    assert {i.split(":")[0] for i in ids} == {"b1", "b2"}
+
+
+def _leftover(run: Run, ago: float = 5.0) -> HeldRequest:
+    sig = next(s for s in ROUTES["R1"].signals if s.intersection == "K1")
+    return HeldRequest(
+        "old:K1/1/7", "K1", sig.controller, sig.approach, VEHICLE, run.clock.now() - ago
+    )
+
+
+def test_a_leftover_request_is_re_asserted_under_its_own_id_when_its_engine_is_heard() -> None:
+    run = Run()
+    assert run.planner.adopt([_leftover(run)]) == []
+    assert run.planner.requests()[0].recovered
+    out = run.drive("R1", 200.0)  # the engine, still on its run, due at K1
+    assert [(c.kind, c.request_id) for c in out] == [(CommandKind.UPDATE, "old:K1/1/7")]
+    assert "re-asserted after restart" in out[0].reason
+    assert not run.planner.requests()[0].recovered
+    # Its maximum hold counts from the first request, 5 s before the restart.
+    total = 0.0
+    while run.planner.active:  # the engine waits at 200 m, still reporting
+        run.tick(1.0)
+        run.drive("R1", 200.0, speed=0.0)
+        total += 1.0
+    assert total == pytest.approx(CFG.max_hold_s - 5.0, abs=1.0)
+    assert "maximum hold" in run.commands[-1].reason
+
+
+def test_a_leftover_request_is_cancelled_when_its_engine_is_not_heard() -> None:
+    run = Run()
+    run.planner.adopt([_leftover(run)])
+    out: list[Command] = []
+    while run.clock.monotonic() < CFG.recovery_grace_s + 1:
+        out += run.tick(1.0)
+    assert [(c.kind, c.request_id) for c in out] == [(CommandKind.CANCEL, "old:K1/1/7")]
+    assert "not heard on its run" in out[0].reason
+    assert any(e.what == "recovered" for e in run.events)
+
+
+def test_an_unreachable_controller_leaves_the_request_held_and_says_so() -> None:
+    run = Run()
+    req = run.drive("R1", 150.0)[0]
+    state = SignalState("K1", req.controller, PreemptStatus.UNREACHABLE, 0.0, detail="breaker open")
+    assert run.planner.on_state(state) == []
+    view = run.planner.requests()[0]
+    assert view.answer == "unreachable"
+    assert [e.why for e in run.events if e.what == "unconfirmed"] == ["breaker open"]

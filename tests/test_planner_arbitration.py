@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from preemption.decisions.planner import DUE, Alarm, ClaimState, Planner
+from preemption.decisions.planner import DUE, Alarm, ClaimState, HeldRequest, Planner, PlannerEvent
 from preemption.kernel.clock import SimClock
 from preemption.kernel.config import PlannerConfig
 from preemption.kernel.model import (
@@ -57,7 +57,8 @@ FLEET = {"HLF-1": "fire", "HLF-2": "fire", "RTW-1": "ambulance", "BUS-7": "trans
 class Street:
     def __init__(self, cfg: PlannerConfig = CFG) -> None:
         self.clock = SimClock()
-        self.planner = Planner([EW, NS], cfg, self.clock, FLEET)
+        self.events: list[PlannerEvent] = []
+        self.planner = Planner([EW, NS], cfg, self.clock, FLEET, on_event=self.events.append)
         self.sent: list[Command] = []
 
     def at(self, vehicle: str, route: Route, s: float, v: float = 10.0) -> list[Command]:
@@ -174,7 +175,7 @@ def test_a_controller_that_rejects_is_not_asked_again_on_this_run() -> None:
     out = st_.planner.on_state(SignalState("X1", "C1", PreemptStatus.REJECTED, 0.0, "1"))
     assert [c.kind for c in out] == [CommandKind.CANCEL]
     assert st_.at("HLF-1", EW, 920.0) == []
-    assert ClaimState.REJECTED.value in [e.what for e in st_.planner.events]
+    assert ClaimState.REJECTED.value in [e.what for e in st_.events]
 
 
 def test_turning_off_the_route_and_blue_lights_off_take_everything_back() -> None:
@@ -184,7 +185,8 @@ def test_turning_off_the_route_and_blue_lights_off_take_everything_back() -> Non
     off = st_.planner.on_position(position("HLF-1", EW, 1910.0, 10.0, 0.0, on_route=False))
     assert [(c.kind, c.intersection) for c in off] == [(CommandKind.CANCEL, "X2")]
     st_.at("HLF-1", EW, 1920.0)
-    lights = st_.planner.set_emergency("HLF-1", False)
+    assert st_.planner.set_emergency("HLF-1", False) == []  # off must last the off-delay
+    lights = st_.tick(CFG.emergency_off_delay_s)
     assert [(c.kind, c.intersection) for c in lights] == [(CommandKind.CANCEL, "X2")]
     assert st_.at("HLF-1", EW, 1930.0) == []
 
@@ -302,8 +304,39 @@ class PlannerMachine(RuleBasedStateMachine):
     def blue_lights(self, vehicle: str, on: bool) -> None:
         self._apply(self.p.set_emergency(vehicle, on))
         self.on[vehicle] = self.p.on_run(vehicle)
+        if not self.on[vehicle] and self.p._vehicles[vehicle].off_since is None:
+            assert not any(self.p.claim_state(vehicle, x) for x in ("X1", "X2"))
+
+    @rule(vehicle=st.sampled_from(list(FLEET)))
+    def unit_goes_offline(self, vehicle: str) -> None:
+        self._apply(self.p.vehicle_offline(vehicle))
+        self.on[vehicle] = self.p.on_run(vehicle)
         if not self.on[vehicle]:
             assert not any(self.p.claim_state(vehicle, x) for x in ("X1", "X2"))
+
+    @rule(
+        inter=st.sampled_from(["X1", "X2"]),
+        approach=st.sampled_from(["1", "2"]),
+        vehicle=st.sampled_from(list(FLEET)),
+        ago=st.floats(min_value=0.0, max_value=300.0),
+    )
+    def restarted_with_a_leftover(
+        self, inter: str, approach: str, vehicle: str, ago: float
+    ) -> None:
+        """A previous process's request, adopted after a restart."""
+        rid = f"old/{inter}/{approach}/{len(self.opened)}"
+        before = self.p.active
+        held = HeldRequest(rid, inter, "C", approach, vehicle, self.street.clock.now() - ago)
+        self.opened[rid] = self.street.clock.monotonic() - ago
+        out = self.p.adopt([held])
+        if self.live_at.get(inter) or ago >= CFG.max_hold_s:
+            # a second one at a junction, or one past the maximum hold: cancelled at once
+            assert [(c.request_id, c.kind) for c in out] == [(rid, CommandKind.CANCEL)]
+            assert self.p.active == before
+        else:
+            assert out == []
+            self.live_at[inter].add(rid)
+        self._apply(out)
 
     @rule(vehicle=st.sampled_from(list(FLEET)), route=st.sampled_from(["EW", "NS", None]))
     def alarm(self, vehicle: str, route: str | None) -> None:
@@ -347,6 +380,13 @@ class PlannerMachine(RuleBasedStateMachine):
             due = [c for c in v.claims.values() if c.state in DUE]
             if due and heard:
                 assert now - max(heard) <= CFG.dead_man_s + 25.0
+
+    @invariant()
+    def an_emergency_status_off_releases_after_the_delay(self) -> None:
+        now = self.street.clock.monotonic()
+        for vid, v in self.p._vehicles.items():
+            if v.off_since is not None and now - v.off_since > CFG.emergency_off_delay_s + 25.0:
+                assert self.p.on_run(vid) or not v.claims
 
     @invariant()
     def the_planner_and_the_command_stream_agree(self) -> None:

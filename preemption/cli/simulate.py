@@ -32,7 +32,8 @@ from preemption.decisions.planner import Alarm
 from preemption.kernel.clock import SimClock
 from preemption.kernel.config import ConfigError, Deployment
 from preemption.kernel.model import CommandKind, Fix, PreemptStatus
-from preemption.service.daemon import Daemon, Dispatched
+from preemption.service.daemon import Daemon
+from preemption.service.events import Recorder, Sent
 from preemption.service.wiring import build
 from routes.geojson import RouteSet, load_routes
 from signal_adapters import registry
@@ -95,7 +96,7 @@ class RunResult:
     street: Street
     trip: EngineTrip
     violations: list[tuple[str, Violation]]
-    dispatched: list[Dispatched] = field(default_factory=list)
+    dispatched: list[Sent] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -148,14 +149,17 @@ def run_preempted(
     scen = setup.scenario
     street = (factory or setup.corridor)(engine, False)
     clock = SimClock(start_utc=scen.start_epoch)
-    daemon = build(setup.deployment, clock, {"simlink": street.controllers}, setup.routes)
+    record = Recorder(clock)
+    daemon = build(
+        setup.deployment, clock, {"simlink": street.controllers}, setup.routes, sink=record
+    )
     daemon.planner.set_emergency(engine.vehicle, True)  # blue lights on from the start
     watch = StreetWatch(street.controllers)
     watch.sample(street.t)
     clock.run(_run(scen, street, daemon, clock, watch, engine))
     _finish(setup, street, watch, None)
     return RunResult(
-        street, street.trip(), watch.violations, list(daemon.dispatched), dict(daemon.counters)
+        street, street.trip(), watch.violations, record.commands, dict(daemon.counters)
     )
 
 

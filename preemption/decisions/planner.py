@@ -32,15 +32,31 @@ before a conflicting request is made. Every command carries ``duration_s``,
 the controller-side hold, so a dead daemon's requests lapse by themselves.
 
 Gates: only vehicles on the allow-list, only on an emergency run (from the
-configured sources: the onboard unit's blue lights / siren, dispatch).
-Every transition is a :class:`PlannerEvent` for the journal.
+configured sources: the onboard unit's blue lights / siren, dispatch). An
+emergency status that goes off ends the run only once it has stayed off for
+``emergency_off_delay_s`` (a bouncing contact does not toggle the junctions);
+an operator's withdrawal, dispatch's cancellation and the onboard unit going
+offline end it at once.
+
+Positions are judged by their age (now minus the fix's own time): ETAs count
+from the fix's time, and a position older than ``max_fix_age_s`` (a backlog
+after a link outage) may complete or cancel claims but never makes a request.
+
+After a restart the service hands the planner the requests a previous process
+left active (:meth:`Planner.adopt`): each is re-asserted under its own id if
+its vehicle is heard on its run and due at that approach within
+``recovery_grace_s``, else cancelled; its maximum hold counts from when it was
+first opened.
+
+Every transition is a :class:`PlannerEvent`, handed to ``on_event`` (the
+journal); the planner keeps no history itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -88,6 +104,35 @@ class PlannerEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """A request a previous process left active at a controller (from the journal)."""
+
+    request_id: str
+    intersection: str
+    controller: str
+    approach: str
+    vehicle: str
+    opened_utc: float  # when it was first sent: its maximum hold counts from here
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """One live request, for status pages and the operators."""
+
+    request_id: str
+    intersection: str
+    controller: str
+    approach: str
+    vehicle: str  # the lead vehicle the request is timed for
+    vehicles: tuple[str, ...]  # every vehicle it serves
+    eta_s: float  # seconds from now
+    held_s: float  # since it was opened
+    granted: bool
+    answer: str  # the controller's last answer (a PreemptStatus value), "" before any
+    recovered: bool  # adopted from a previous process and not yet re-asserted
+
+
+@dataclass(frozen=True, slots=True)
 class Alarm:
     """Dispatch has sent a vehicle on an emergency run."""
 
@@ -119,6 +164,8 @@ class _Request:
     eta_at: float  # as last sent
     lead: str  # vehicle whose arrival the request is timed for
     granted: bool = False
+    answer: PreemptStatus | None = None  # the controller's last answer
+    orphan_until: float | None = None  # adopted after a restart: cancelled at this time
 
 
 @dataclass
@@ -131,6 +178,7 @@ class _Vehicle:
     departs: float | None = None  # monotonic: expected to roll (alarm + turnout)
     joined: bool = False  # has been on a route during this run
     due_since: float | None = None  # monotonic: a claim last became due
+    off_since: float | None = None  # monotonic: the emergency status went off (pending)
 
 
 def _ground_distance(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
@@ -149,9 +197,14 @@ class Planner:
         clock: Clock,
         vehicles: Mapping[str, str],
         priorities: Mapping[str, int] | None = None,
+        *,
+        on_event: Callable[[PlannerEvent], None] | None = None,
+        id_prefix: str = "",
     ) -> None:
         """``vehicles`` is the allow-list (vehicle id -> priority class); ``priorities``
-        ranks the classes, lower first."""
+        ranks the classes, lower first. ``on_event`` receives every transition (the
+        journal); ``id_prefix`` starts every request id (the service's boot id, so that
+        a restarted daemon never reuses an id a controller may still hold)."""
         self._routes = {r.id: r for r in routes}
         self._signals: dict[str, dict[str, SignalPoint]] = {
             rid: {s.intersection: s for s in r.signals} for rid, r in self._routes.items()
@@ -164,27 +217,51 @@ class Planner:
         self._requests: dict[str, _Request] = {}  # by intersection
         self._claims_at: dict[str, dict[str, _Claim]] = {}  # intersection -> vehicle -> claim
         self._ids = itertools.count(1)
-        self.events: list[PlannerEvent] = []
+        self._id_prefix = id_prefix
+        self._on_event = on_event
         self.ignored: dict[str, int] = {}  # inputs ignored, by reason
 
     # -- inputs ---------------------------------------------------------------
 
-    def set_emergency(self, vehicle: str, on: bool, source: str = "onboard") -> list[Command]:
+    def set_emergency(
+        self, vehicle: str, on: bool, source: str = "onboard", *, immediate: bool = False
+    ) -> list[Command]:
         """Emergency status from one source (blue lights / siren, dispatch).
 
-        Off (by the deployment's rule) takes everything of the vehicle back.
+        Off (by the deployment's rule) takes everything of the vehicle back once it has
+        stayed off for ``emergency_off_delay_s`` (:meth:`tick` does), or at once with
+        ``immediate``. While the off is pending nothing new is asked for.
         """
         v = self._vehicle(vehicle)
         if v is None:
             return []
         v.sources[source] = on
-        if not self._on_run(v):
-            v.done.clear()
-            v.alarm = v.departs = None
-            return self._end_vehicle(
-                vehicle, ClaimState.CANCELLED, f"emergency status off ({source})"
-            )
+        if self._on_run(v):
+            v.off_since = None
+            return []
+        if immediate or self.config.emergency_off_delay_s <= 0:
+            return self._end_run(vehicle, v, f"emergency status off ({source})")
+        if v.off_since is None:
+            v.off_since = self._clock.monotonic()
         return []
+
+    def vehicle_offline(self, vehicle: str) -> list[Command]:
+        """The onboard unit went away (its MQTT last will): its claims end at once.
+
+        Its onboard status counts as off until the unit reports again.
+        """
+        v = self._vehicles.get(vehicle)
+        if v is None:
+            return []
+        v.sources["onboard"] = False
+        if self._on_run(v):
+            return []  # dispatch alone keeps the run (emergency_rule "any")
+        return self._end_run(vehicle, v, "onboard unit offline")
+
+    def _end_run(self, vehicle: str, v: _Vehicle, why: str) -> list[Command]:
+        v.done.clear()
+        v.alarm = v.departs = v.off_since = None
+        return self._end_vehicle(vehicle, ClaimState.CANCELLED, why)
 
     def on_alarm(self, alarm: Alarm) -> list[Command]:
         """Dispatch's alarm: the vehicle is on a run; the first signals are armed from
@@ -230,14 +307,17 @@ class Planner:
         if v is None:
             return []
         v.alarm = v.departs = None
-        return self.set_emergency(vehicle, False, source="dispatch")
+        return self.set_emergency(vehicle, False, source="dispatch", immediate=True)
 
     def on_position(self, pos: RoutePosition) -> list[Command]:
         v = self._vehicle(pos.vehicle)
         if v is None:
             return []
         now = self._clock.monotonic()
-        v.last_fix = now
+        # Judged by the fix's own time: a position from a backlog is as old as it is.
+        age = max(0.0, self._clock.now() - pos.time)
+        seen = now - age
+        v.last_fix = seen if v.last_fix is None else max(v.last_fix, seen)
         if not self._on_run(v):
             self._ignore("no_emergency_run")
             return []
@@ -259,12 +339,15 @@ class Planner:
                 out += self._end(claim, ClaimState.CANCELLED, f"not on route {pos.route}")
             elif pos.distance_m > sig.stop_line_m + self.config.clearing_distance_m:
                 out += self._end(claim, ClaimState.COMPLETED, "passed the stop line")
+        if age > self.config.max_fix_age_s:
+            self._ignore("old_position")  # may complete or cancel (above), never request
+            return out
         dispatched = self._dispatched_route(v, pos)
         for eta in pos.etas[: self.config.look_ahead]:
             if pos.committed is None and not eta.shared and not dispatched:
                 continue
             sig = signals.get(eta.intersection)
-            out += self._consider(pos.vehicle, v, eta, sig, now)
+            out += self._consider(pos.vehicle, v, eta, sig, now, age)
         return out
 
     def _dispatched_route(self, v: _Vehicle, pos: RoutePosition) -> bool:
@@ -300,6 +383,14 @@ class Planner:
         req = self._requests.get(state.intersection)
         if req is None or (state.approach is not None and state.approach != req.approach):
             return []
+        if state.request_id is not None and state.request_id != req.request_id:
+            return []  # about another (an older) request at this junction
+        before, req.answer = req.answer, state.status
+        if state.status is PreemptStatus.UNREACHABLE and before is not state.status:
+            # Still held by the planner and refreshed: the controller's own timer is the
+            # backstop. Reported, never silently dropped.
+            self._request_event(req, "unconfirmed", state.detail or "controller unreachable")
+            return []
         if state.status is PreemptStatus.ACTIVE and not req.granted:
             req.granted = True
             for c in self._members(req):
@@ -322,6 +413,11 @@ class Planner:
         cfg = self.config
         out: list[Command] = []
         for vid, v in self._vehicles.items():
+            if v.off_since is not None and not self._on_run(v):
+                if now - v.off_since >= cfg.emergency_off_delay_s:
+                    why = f"emergency status off for {cfg.emergency_off_delay_s:.0f} s"
+                    out += self._end_run(vid, v, why)
+                continue
             # Silence counts from the last fix, the expected roll-out, or the moment a claim
             # became due on the station estimate, whichever is latest; armed claims ask
             # for nothing and wait.
@@ -333,7 +429,13 @@ class Planner:
             elif v.departs is not None and not v.joined and self._on_run(v):
                 out += self._from_station(vid, v)
         for req in list(self._requests.values()):
-            if now - req.opened >= cfg.max_hold_s:
+            if req.orphan_until is not None and now >= req.orphan_until:
+                why = (
+                    f"left by the previous process; {req.lead} not heard on its run "
+                    f"within {cfg.recovery_grace_s:.0f} s of the restart"
+                )
+                out += self._close(req, ClaimState.CANCELLED, why)
+            elif now - req.opened >= cfg.max_hold_s:
                 out += self._close(
                     req, ClaimState.TIMED_OUT, f"maximum hold of {cfg.max_hold_s:.0f} s reached"
                 )
@@ -351,6 +453,39 @@ class Planner:
         self._claims_at.clear()
         return out
 
+    def adopt(self, held: Iterable[HeldRequest]) -> list[Command]:
+        """Requests a previous process left active (after a crash): held for their
+        vehicles for ``recovery_grace_s``, then cancelled unless re-asserted.
+
+        A second leftover at an intersection already held, and one already past the
+        maximum hold, are cancelled at once.
+        """
+        now = self._clock.monotonic()
+        utc = self._clock.now()
+        out: list[Command] = []
+        for h in held:
+            req = _Request(
+                request_id=h.request_id,
+                intersection=h.intersection,
+                controller=h.controller,
+                approach=h.approach,
+                opened=now - max(0.0, utc - h.opened_utc),
+                last_sent=now,
+                eta_at=now,
+                lead=h.vehicle,
+                orphan_until=now + self.config.recovery_grace_s,
+            )
+            if h.intersection in self._requests:
+                out.append(self._command(req, CommandKind.CANCEL, 0.0, "duplicate after restart"))
+                continue
+            if now - req.opened >= self.config.max_hold_s:
+                why = f"left by the previous process beyond the maximum hold of {self.config.max_hold_s:.0f} s"
+                out.append(self._command(req, CommandKind.CANCEL, 0.0, why))
+                continue
+            self._requests[h.intersection] = req
+            self._request_event(req, "recovered", "left active by the previous process")
+        return out
+
     def withdraw(self, vehicle: str, reason: str = "withdrawn by operator") -> list[Command]:
         v = self._vehicles.get(vehicle)
         if v is not None:
@@ -364,6 +499,26 @@ class Planner:
     def active(self) -> int:
         """Requests the controllers currently hold (or are being asked for)."""
         return len(self._requests)
+
+    def requests(self) -> list[RequestView]:
+        """Every live request, in no particular order."""
+        now = self._clock.monotonic()
+        return [
+            RequestView(
+                request_id=r.request_id,
+                intersection=r.intersection,
+                controller=r.controller,
+                approach=r.approach,
+                vehicle=r.lead,
+                vehicles=tuple(sorted(c.vehicle for c in self._members(r))),
+                eta_s=max(0.0, r.eta_at - now),
+                held_s=now - r.opened,
+                granted=r.granted,
+                answer=r.answer.value if r.answer is not None else "",
+                recovered=r.orphan_until is not None,
+            )
+            for r in self._requests.values()
+        ]
 
     def active_at(self, intersection: str) -> int:
         return 1 if intersection in self._requests else 0
@@ -395,8 +550,15 @@ class Planner:
         return all(states) if self.config.emergency_rule == "all" else any(states)
 
     def _consider(
-        self, vehicle: str, v: _Vehicle, eta: SignalEta, sig: SignalPoint | None, now: float
+        self,
+        vehicle: str,
+        v: _Vehicle,
+        eta: SignalEta,
+        sig: SignalPoint | None,
+        now: float,
+        age: float = 0.0,
     ) -> list[Command]:
+        """``age``: how old the position behind ``eta`` is; the ETA counts from its time."""
         cfg = self.config
         inter = eta.intersection
         if inter in v.done:
@@ -410,22 +572,22 @@ class Planner:
                 approach=eta.approach,
                 rank=self._rank.get(self._allowed[vehicle], len(self._rank)),
                 since=now,
-                eta_at=now + eta.eta_s,
+                eta_at=now - age + eta.eta_s,
             )
             v.claims[inter] = claim
             self._claims_at.setdefault(inter, {})[vehicle] = claim
             self._set(claim, ClaimState.ARMED, f"ETA {eta.eta_s:.0f} s, in the look-ahead")
-        claim.eta_at = now + eta.eta_s
+        claim.eta_at = now - age + eta.eta_s
         transition = (sig.transition_s if sig else None) or cfg.default_transition_s
         if claim.state is ClaimState.ARMED:
-            if eta.early_s > transition + cfg.lead_margin_s:
+            if eta.early_s - age > transition + cfg.lead_margin_s:
                 return []
             claim.state = ClaimState.QUEUED  # due; the arbiter decides what it becomes
             v.due_since = now
             self._event(
                 claim,
                 "due",
-                f"early ETA {eta.early_s:.1f} s <= transition "
+                f"early ETA {eta.early_s - age:.1f} s <= transition "
                 f"{transition:.0f} s + margin {cfg.lead_margin_s:.0f} s",
                 "",
             )
@@ -515,10 +677,16 @@ class Planner:
         members = [c for c in due if c.approach == winner]
         lead = min(members, key=lambda c: (c.eta_at, c.since, c.vehicle))
         now = self._clock.monotonic()
-        if req is None:
+        if req is not None and req.orphan_until is not None:
+            req.orphan_until = None
+            req.eta_at, req.lead = lead.eta_at, lead.vehicle
+            out.append(
+                self._send(req, CommandKind.UPDATE, f"re-asserted after restart for {lead.vehicle}")
+            )
+        elif req is None:
             sample = members[0]
             req = _Request(
-                request_id=f"{inter}/{winner}/{next(self._ids)}",
+                request_id=f"{self._id_prefix}{inter}/{winner}/{next(self._ids)}",
                 intersection=inter,
                 controller=sample.controller,
                 approach=winner,
@@ -574,10 +742,7 @@ class Planner:
 
     def _command(self, req: _Request, kind: CommandKind, duration: float, why: str) -> Command:
         now = self._clock.monotonic()
-        what = "refresh" if why == "refresh" else kind.value
-        self.events.append(
-            PlannerEvent(self._clock.now(), req.lead, req.intersection, req.request_id, what, why)
-        )
+        self._request_event(req, "refresh" if why == "refresh" else kind.value, why)
         return Command(
             kind=kind,
             request_id=req.request_id,
@@ -593,11 +758,20 @@ class Planner:
         )
 
     def _event(self, claim: _Claim, what: str, why: str, request_id: str) -> None:
-        self.events.append(
-            PlannerEvent(
-                self._clock.now(), claim.vehicle, claim.intersection, request_id, what, why
+        if self._on_event is not None:
+            self._on_event(
+                PlannerEvent(
+                    self._clock.now(), claim.vehicle, claim.intersection, request_id, what, why
+                )
             )
-        )
+
+    def _request_event(self, req: _Request, what: str, why: str) -> None:
+        if self._on_event is not None:
+            self._on_event(
+                PlannerEvent(
+                    self._clock.now(), req.lead, req.intersection, req.request_id, what, why
+                )
+            )
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1

@@ -1,21 +1,21 @@
-"""`preemption run`: the daemon on the real clock, wired from a deployment file.
+"""The daemon wired from a deployment file: routes, planner, adapters, sources, journal.
 
-Sources come from ``[[gps]]``: NMEA log replays, serial receivers, gpsd, and
-the fleet's MQTT feed, whose emergency status messages switch vehicles' runs
-on and off. Controllers get the adapter their ``[[controllers]]`` entry names;
-``adapter = "log"`` runs in shadow mode (docs/commissioning in
-signal_adapters/logfile.py).
+Sources come from ``[[gps]]``: NMEA log replays (re-timed to now, for shadow
+runs), serial receivers, gpsd, and the fleet's MQTT feed, whose status messages
+switch vehicles' runs on and off and whose last-will ``offline`` ends a
+vehicle's claims at once. Controllers get the adapter their ``[[controllers]]``
+entry names; ``adapter = "log"`` runs in shadow mode (signal_adapters/logfile.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable
+import logging
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from gps.gpsd import GpsdSource
 from gps.mqtt import BrokerSettings, MqttFixSource, VehicleStatus
-from gps.position_json import StatusMessage, StatusSource
+from gps.position_json import LinkMessage, StatusMessage, StatusSource
 from gps.replay import NmeaReplay
 from gps.serial import SerialNmeaSource
 from preemption.decisions.planner import Planner
@@ -27,13 +27,17 @@ from preemption.kernel.config import (
     NmeaFileSource,
     SerialSource,
 )
+from preemption.kernel.errors import InsecureInput
 from preemption.kernel.model import Fix
-from preemption.service.daemon import Daemon
+from preemption.service.daemon import Daemon, SourceSpec
+from preemption.service.events import EventSink
 from routes.geojson import RouteSet, load_routes
 from routes.index import RouteIndex
 from routes.matcher import RouteMatcher
 from signal_adapters import registry
 from signal_adapters.base import AdapterContext, SignalAdapter
+
+log = logging.getLogger(__name__)
 
 # What an onboard unit's status message says, as the planner's emergency sources.
 _STATUS_SOURCE = {
@@ -48,11 +52,16 @@ def build(
     clock: Clock,
     resources: dict[str, Any] | None = None,
     routes: RouteSet | None = None,
+    *,
+    sink: EventSink | None = None,
+    boot_id: str = "",
 ) -> Daemon:
     """Routes, matcher index, planner and adapters of a deployment, as one daemon.
 
     ``resources`` go to the adapters (the simulator's controllers for "simlink");
-    ``routes`` saves loading the route files again when the caller has them.
+    ``routes`` saves loading the route files again when the caller has them;
+    ``sink`` receives the daemon's history (the journal); ``boot_id`` starts every
+    request id.
     """
     if routes is None:
         routes = load_routes(dep.routes.files, epsg=dep.deployment.epsg)
@@ -67,55 +76,127 @@ def build(
         clock,
         {v.id: v.priority for v in dep.vehicles},
         dep.priorities,
+        on_event=None if sink is None else sink.planner_event,
+        id_prefix=f"{boot_id}:" if boot_id else "",
     )
     return Daemon(
         clock=clock,
         planner=planner,
         matcher_for=lambda vehicle: RouteMatcher(vehicle, index),
         adapters=adapters,
+        config=dep.service,
+        sink=sink,
+        gate_for=_gate_for(dep),
     )
 
 
-def sources(dep: Deployment, daemon: Daemon, clock: Clock) -> list[AsyncIterable[Fix]]:
-    return [_source(g, dep, daemon, clock) for g in dep.gps]
+def _gate_for(dep: Deployment) -> Callable[[str], Any] | None:
+    try:
+        from gps.validity import MotionGate  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - older gps package
+        return None
+    speed = dep.service.max_implied_speed_ms
+    return lambda _vehicle: MotionGate(max_speed_ms=speed)
+
+
+def sources(dep: Deployment, daemon: Daemon, clock: Clock) -> list[SourceSpec]:
+    """One restartable source per ``[[gps]]`` entry (BrokerConfigError for bad settings)."""
+    return [_source(k, g, dep, daemon, clock) for k, g in enumerate(dep.gps)]
 
 
 def _source(
-    g: GpsSourceConfig, dep: Deployment, daemon: Daemon, clock: Clock
-) -> AsyncIterable[Fix]:
+    k: int, g: GpsSourceConfig, dep: Deployment, daemon: Daemon, clock: Clock
+) -> SourceSpec:
+    name = f"gps[{k}] ({g.kind})"
     if isinstance(g, NmeaFileSource):
-        return NmeaReplay.from_file(g.path, g.vehicle, clock, rate=g.rate)
+        path, vehicle, rate = g.path, g.vehicle, g.rate
+        # A replay plays once: when it has ended it is not started again.
+        return SourceSpec(
+            name, lambda: NmeaReplay.from_file(path, vehicle, clock, rate=rate), restart=False
+        )
     if isinstance(g, SerialSource):
-        return SerialNmeaSource(g.device, g.vehicle, clock, baudrate=g.baudrate)
+        device, vehicle, baud = g.device, g.vehicle, g.baudrate
+        return SourceSpec(name, lambda: SerialNmeaSource(device, vehicle, clock, baudrate=baud))
     if isinstance(g, MqttFleetSource):
-        password = g.password_file.read_text(encoding="utf-8").strip() if g.password_file else None
-        broker = BrokerSettings(
-            host=g.host,
-            port=g.port,
-            username=g.username,
-            password=password,
-            tls=g.tls,
-            tls_ca=g.tls_ca,
-            tls_cert=g.tls_cert,
-            tls_key=g.tls_key,
+        fleet = fleet_source(
+            g, dep, daemon, clock
+        )  # settings checked now, not at the first connect
+        made = [fleet]
+
+        def reopen() -> AsyncIterable[Fix]:
+            # The first opening uses the source checked above; a restart makes a new one.
+            return made.pop() if made else fleet_source(g, dep, daemon, clock)
+
+        return SourceSpec(name, reopen)
+    gpsd = g
+    return SourceSpec(
+        name,
+        lambda: GpsdSource(gpsd.vehicle, clock, host=gpsd.host, port=gpsd.port, device=gpsd.device),
+    )
+
+
+def check_fleet_security(dep: Deployment) -> list[str]:
+    """Warnings for every fleet feed that anyone on the network could forge.
+
+    Raises InsecureInput for such a feed unless it says ``insecure = true``; with it,
+    the warnings say why at every start. (The broker's own settings are checked by
+    :func:`probe_fleet_brokers`.)
+    """
+    warnings = []
+    for k, g in enumerate(dep.gps):
+        if not isinstance(g, MqttFleetSource):
+            continue
+        missing = []
+        if not g.tls:
+            missing.append("no TLS: positions and credentials cross the network in clear")
+        if g.username is None and g.tls_cert is None:
+            missing.append("no client credentials (username and password_file, or tls_cert)")
+        if not missing:
+            continue
+        text = (
+            f"gps[{k}]: the fleet feed from {g.host}:{g.port} is not authenticated: "
+            + "; ".join(missing)
+            + ". Anyone who can reach the broker could publish positions as a fire engine "
+            "and cause requests"
         )
-
-        def on_status(msg: VehicleStatus) -> None:
-            if isinstance(msg, StatusMessage):
-                daemon.set_emergency(msg.vehicle, msg.emergency, _STATUS_SOURCE[msg.source])
-
-        return MqttFixSource(
-            broker,
-            [v.id for v in dep.vehicles],
-            clock,
-            prefix=g.topic_prefix,
-            on_status=on_status,
-        )
-    return GpsdSource(g.vehicle, clock, host=g.host, port=g.port, device=g.device)
+        if not g.insecure:
+            raise InsecureInput(
+                f"{text}. Configure TLS and the daemon's credentials (config/mosquitto/), or "
+                "set insecure = true in this [[gps]] entry for a closed test network"
+            )
+        warnings.append(f"{text} (insecure = true)")
+    return warnings
 
 
-async def run(dep: Deployment, clock: Clock, stop: asyncio.Event) -> Daemon:
-    """Run until ``stop`` is set (or every source has ended); every request is taken back."""
-    daemon = build(dep, clock)
-    await daemon.run(sources(dep, daemon, clock), stop)
-    return daemon
+def broker_settings(g: MqttFleetSource) -> BrokerSettings:
+    password = g.password_file.read_text(encoding="utf-8").strip() if g.password_file else None
+    return BrokerSettings(
+        host=g.host,
+        port=g.port,
+        username=g.username,
+        password=password,
+        tls=g.tls,
+        tls_ca=g.tls_ca,
+        tls_cert=g.tls_cert,
+        tls_key=g.tls_key,
+    )
+
+
+def fleet_source(
+    g: MqttFleetSource, dep: Deployment, daemon: Daemon, clock: Clock
+) -> MqttFixSource:
+    def on_status(msg: VehicleStatus) -> None:
+        if isinstance(msg, StatusMessage):
+            daemon.set_emergency(msg.vehicle, msg.emergency, _STATUS_SOURCE[msg.source])
+        elif isinstance(msg, LinkMessage) and not msg.online:
+            daemon.vehicle_offline(msg.vehicle)
+
+    return MqttFixSource(
+        broker_settings(g),
+        [v.id for v in dep.vehicles],
+        clock,
+        prefix=g.topic_prefix,
+        on_status=on_status,
+        max_age_s=g.max_age_s,
+        max_future_s=g.max_future_s,
+    )
