@@ -10,7 +10,9 @@ formed. Here the routes are looked at together, through the
 
 The report also lists what an operator checks by eye: each route's signals, the
 shared trunks with their signals, the branch points and the signals common to
-all routes.
+all routes. ``preemption routes check`` prints it; ``preemption check-config``
+(preemption/cli/check.py) refuses a deployment whose routes have any of its
+``problems``.
 """
 
 from __future__ import annotations
@@ -98,7 +100,6 @@ def check_network(routes: RouteSet) -> CheckResult:
     res.common_signals = sorted({i for i, _ in net.common_signals(routes.routes)})
     controllers: dict[str, tuple[str, str]] = {}
     for mr in routes:
-        listed = {s.intersection for s in mr.signals}
         for sig in mr.signals:
             seen = controllers.setdefault(sig.intersection, (sig.controller, mr.id))
             if seen[0] != sig.controller:
@@ -114,5 +115,4 @@ def check_network(routes: RouteSet) -> CheckResult:
                         f"{sig.intersection!r} ({sig.stop_line_m:.0f} m along {mr.id!r}) but "
                         f"does not list it; add {other!r} to the signal's 'routes'"
                     )
-        del listed
     return res

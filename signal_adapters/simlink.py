@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 from preemption.kernel.model import Command, PreemptStatus, SignalState
 from signal_adapters.base import AdapterConfigError, AdapterContext
+from signal_adapters.registry import parse_options
 
 
 class PreemptionInput(Protocol):
@@ -29,12 +32,21 @@ class PreemptionInput(Protocol):
         ...
 
 
+class SimLinkOptions(BaseModel):
+    """``adapter = "simlink"`` takes no options: the simulator hands it its controllers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class SimLinkAdapter:
     """Adapter for controllers the simulator runs in the same process."""
+
+    Options = SimLinkOptions
 
     def __init__(
         self, controller: str, options: Mapping[str, Any], context: AdapterContext
     ) -> None:
+        parse_options(SimLinkOptions, controller, options)
         links = context.resources.get("simlink")
         if not isinstance(links, Mapping):
             raise AdapterConfigError(

@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from preemption.cli.routes import add_routes_parser
-from preemption.kernel.config import ConfigError, load_config
 from preemption.kernel.errors import InputError, PreemptionError
 from preemption.kernel.model import Fix
-from routes.geojson import RouteFileError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -122,34 +120,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from routes.geojson import load_routes
-    from signal_adapters import registry
+    from preemption.cli.check import check_config
 
-    dep = load_config(args.file, adapters=set(registry.installed()))
-    try:
-        routes = load_routes(dep.routes.files, epsg=dep.deployment.epsg)
-    except RouteFileError as exc:
-        raise ConfigError(args.file, [("routes.files", str(exc))]) from None
-    controllers = {c.id for c in dep.controllers}
-    problems = [
-        (
-            "routes.files",
-            f"route {mr.id!r} signal {sig.intersection!r} names controller "
-            f"{sig.controller!r}, which [[controllers]] does not define",
-        )
-        for mr in routes
-        for sig in mr.signals
-        if sig.controller not in controllers
-    ]
-    if problems:
-        raise ConfigError(args.file, problems)
-    n_signals = len({s.intersection for mr in routes for s in mr.signals})
-    print(
-        f"{args.file}: ok: {len(routes)} routes, {n_signals} signalised intersections, "
-        f"{len(dep.vehicles)} vehicles, {len(dep.controllers)} controllers "
-        f"(EPSG:{routes.projector.epsg})"
-    )
-    return EXIT_OK
+    return check_config(args.file)
 
 
 def _demo(args: argparse.Namespace) -> int:
