@@ -236,11 +236,12 @@ def test_a_directory_named_as_a_file_is_refused(
 
 
 def test_existing_files_of_gps_sources_pass(tmp_path: Path) -> None:
-    for name in ("run.nmea", "ca.pem"):
+    for name in ("run.nmea", "ca.pem", "pw"):
         (tmp_path / name).write_text("x\n", encoding="utf-8")
     extra = (
         '\n[[gps]]\nkind = "nmea-file"\nvehicle = "FW-OST-HLF1"\npath = "run.nmea"\n'
-        '\n[[gps]]\nkind = "mqtt"\nhost = "b"\ntls_ca = "ca.pem"\n'
+        '\n[[gps]]\nkind = "mqtt"\nhost = "b"\ntls_ca = "ca.pem"\nusername = "preemption-daemon"'
+        '\npassword_file = "pw"\n'
     )
     assert main(["check-config", str(write(tmp_path, GOOD + extra))]) == 0
 
@@ -498,3 +499,18 @@ def test_a_file_the_daemon_may_not_read_is_refused(
     err = refused(write(tmp_path, GOOD + f"\n[[gps]]\n{source}\n"), capsys)
     assert "gps[0].password_file" in err
     assert "not readable by this user" in err
+
+
+def test_a_fleet_feed_anyone_could_forge_is_refused_unless_marked_insecure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found: tls = false without credentials was accepted without a word, and an anonymous
+    client publishing as an allowed vehicle caused a request."""
+    plain = '\n[[gps]]\nkind = "mqtt"\nhost = "127.0.0.1"\ntls = false\n'
+    err = refused(write(tmp_path, GOOD + plain), capsys)
+    assert "not authenticated" in err
+    assert "insecure = true" in err
+    assert main(["check-config", str(write(tmp_path, GOOD + plain + "insecure = true\n"))]) == 0
+    out = capsys.readouterr().out
+    assert "warning:" in out
+    assert "could publish positions as a fire engine" in out

@@ -12,7 +12,10 @@ What a deployment can get wrong and where it is caught:
 - the route set as a whole (a signal on a shared stretch listed on every route, one
   controller per intersection): :func:`routes.routecheck.check_network`, the checks
   of ``preemption routes check``;
-- what only the deployment and the routes together know: here.
+- what only the deployment and the routes together know: here;
+- a fleet feed anyone on the network could forge (no TLS or no credentials) without
+  ``insecure = true``: :func:`preemption.service.wiring.check_fleet_security`, the
+  check ``preemption run`` makes at every start.
 
 Every refusal is a :class:`ConfigError` (exit status 2) naming the deployment file,
 the key path and what to do.
@@ -24,6 +27,8 @@ from pathlib import Path
 
 from preemption.cli.main import EXIT_OK
 from preemption.kernel.config import ConfigError, Deployment, load_config
+from preemption.kernel.errors import InsecureInput
+from preemption.service.wiring import check_fleet_security
 from routes.geojson import RouteFileError, RouteSet, load_routes
 from routes.routecheck import check_network
 from signal_adapters import registry
@@ -32,6 +37,10 @@ from signal_adapters import registry
 def check_config(path: Path) -> int:
     """Validate ``path``; print one line of what it holds, or raise ConfigError."""
     dep = load_config(path, adapters=registry.option_checks())
+    try:
+        warnings = check_fleet_security(dep)
+    except InsecureInput as exc:
+        raise ConfigError(path, [("gps", str(exc))]) from None
     routes = _routes(path, dep)
     problems = [("routes.files", p) for p in route_problems(dep, routes)]
     if problems:
@@ -43,6 +52,8 @@ def check_config(path: Path) -> int:
         f"{len(dep.vehicles)} vehicles, {len(dep.controllers)} controllers "
         f"(EPSG:{routes.projector.epsg}{chosen})"
     )
+    for warning in warnings:
+        print(f"warning: {warning}")
     return EXIT_OK
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("preemption.run")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    dep = load_config(args.config, adapters=set(registry.installed()))
+    dep = load_config(args.config, adapters=registry.option_checks())
     if not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service: its log says what it does
     for warning in check_fleet_security(dep):
