@@ -24,7 +24,12 @@ that is not GPX) raises :class:`TrackFileError` naming the file and what to
 fix. Within a usable file, a record that cannot be a fix is dropped and
 counted under a stable reason (:data:`DROP_REASONS`), never raised: one bad
 row must not cost the rest of a test drive. Course and hdop out of range
-become None rather than costing the position, as in :mod:`gps.nmea`.
+become None rather than costing the position, as in :mod:`gps.nmea`. Times
+go through :class:`gps.validity.TimeOrder` as NMEA epochs do: one record
+dated far ahead of the track's cadence (a typo'd year) is dropped as
+``time_jump`` instead of making every later record ``time_backwards``, and a
+track that really goes on after a pause keeps all its points (the last
+ones too, unless more than a day ahead of the rest).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import IO, Final, Literal
 
 from gps.validity import (
+    HELD,
     TimeOrder,
     course_or_none,
     plausible_hdop,
@@ -75,6 +81,7 @@ DROP_REASONS: Final = frozenset(
         "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
         "duplicate_epoch",  # same time as the last fix
         "time_backwards",  # earlier than the last fix
+        "time_jump",  # far ahead of the track's cadence, and not confirmed by the records after it
         "truncated",  # GPX broken off or malformed from here on; counted once
     }
 )
@@ -113,7 +120,7 @@ class _Track:
         self.source = source
         self.fixes: list[Fix] = []
         self.dropped: Counter[str] = Counter()
-        self._order = TimeOrder()
+        self._order: TimeOrder[Fix] = TimeOrder()
 
     def add(
         self,
@@ -127,7 +134,7 @@ class _Track:
         quality: FixQuality,
         satellites: int | None,
     ) -> None:
-        problem = position_problem(lat, lon, speed) or self._order.check(time)
+        problem = position_problem(lat, lon, speed)
         if problem is not None:
             raise _Drop(problem)
         course = course_or_none(course)
@@ -135,22 +142,38 @@ class _Track:
             hdop = None
         if satellites is not None and not plausible_satellites(satellites):
             satellites = None
-        self.fixes.append(
-            Fix(
-                vehicle=self.vehicle,
-                time=time,
-                lat=lat,
-                lon=lon,
-                speed=speed,
-                course=course,
-                hdop=hdop,
-                quality=quality,
-                source=self.source,
-                satellites=satellites,
-            )
+        fix = Fix(
+            vehicle=self.vehicle,
+            time=time,
+            lat=lat,
+            lon=lon,
+            speed=speed,
+            course=course,
+            hdop=hdop,
+            quality=quality,
+            source=self.source,
+            satellites=satellites,
         )
+        order = self._order
+        problem = order.check(time, fix)
+        if order.changed:
+            self._settle_held()
+        if problem is None:
+            self.fixes.append(fix)
+        elif problem != HELD:
+            raise _Drop(problem)
+
+    def _settle_held(self) -> None:
+        released, discarded = self._order.take()
+        self.fixes.extend(released)
+        if discarded:
+            self.dropped["time_jump"] += len(discarded)
 
     def result(self) -> tuple[list[Fix], Counter[str]]:
+        """The fixes and the drop counters, at the end of the track: records still held
+        after a jump in time are settled (:meth:`~gps.validity.TimeOrder.settle`)."""
+        self._order.settle()
+        self._settle_held()
         return self.fixes, self.dropped
 
 

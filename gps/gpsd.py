@@ -9,7 +9,13 @@ SKY of the device (if recent) fills in ``hdop`` and ``satellites``.
 gpsd sends a TPV for every sentence that adds to an epoch while it learns the
 receiver's cycle, several with the same time and the same position: the first
 is used (it is the earliest, and lead time is what the planner lives on) and
-the rest are counted as ``duplicate_epoch``.
+the rest are counted as ``duplicate_epoch``. Times go through
+:class:`gps.validity.TimeOrder` as NMEA epochs do: one TPV dated far ahead of
+the stream is held and dropped (``time_jump``) when the next one continues the
+stream, instead of making every later TPV ``time_backwards``; a receiver that
+really jumped is followed after three TPVs in its new cadence (so one line may
+release several fixes). With ``max_future_s``, :class:`GpsdSource` also judges
+TPV times against its clock (``from_future``).
 
 As with NMEA, nothing a peer sends raises out of the source: everything that
 does not become a fix is counted in :attr:`GpsdDecoder.dropped` under a stable
@@ -33,6 +39,8 @@ from typing import Any, Final
 from gps.backoff import Backoff
 from gps.outage import Outage, ReconnectingSource, close_quietly, describe
 from gps.validity import (
+    HELD,
+    MAX_FUTURE_S,
     TimeOrder,
     course_or_none,
     plausible_coordinates,
@@ -74,6 +82,8 @@ DROP_REASONS: Final = frozenset(
         "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
         "duplicate_epoch",  # same time as the last fix (gpsd repeats TPV while it learns)
         "time_backwards",  # earlier than the last fix
+        "time_jump",  # held TPV far ahead of the stream's cadence that was not confirmed
+        "from_future",  # more than max_future_s ahead of the clock (only with a clock)
     }
 )
 
@@ -116,7 +126,9 @@ class GpsdDecoder:
 
     ``device``: use only reports of this device path (gpsd may serve several).
     ``sky_max_age_s``: how old (on the caller's monotonic clock) the last SKY
-    may be to lend its hdop and satellite count to a TPV.
+    may be to lend its hdop and satellite count to a TPV. ``clock``: judge TPV
+    times against it as well (:class:`~gps.validity.TimeOrder`), with
+    ``max_future_s``.
     """
 
     def __init__(
@@ -126,6 +138,8 @@ class GpsdDecoder:
         *,
         device: str | None = None,
         sky_max_age_s: float = 5.0,
+        clock: Clock | None = None,
+        max_future_s: float = MAX_FUTURE_S,
     ) -> None:
         self.vehicle = vehicle
         self.source = source
@@ -134,23 +148,37 @@ class GpsdDecoder:
         self.reports: Counter[str] = Counter()  # by class, whatever became of them
         self._sky_max_age_s = sky_max_age_s
         self._sky: dict[str, _Sky] = {}
-        self._order = TimeOrder()
+        self._order: TimeOrder[Fix] = TimeOrder(clock=clock, max_future_s=max_future_s)
 
-    def feed_line(self, line: bytes | str, now: float) -> Fix | None:
-        """One line from gpsd (with or without its end); ``now`` is the monotonic time."""
+    @property
+    def resyncs(self) -> int:
+        """How often the decoder followed the receiver's time after a confirmed jump."""
+        return self._order.resyncs
+
+    @property
+    def held(self) -> int:
+        """TPVs held as suspect after a jump in time: neither used nor dropped yet."""
+        return len(self._order.pending)
+
+    def feed_line(self, line: bytes | str, now: float) -> list[Fix]:
+        """One line from gpsd (with or without its end); ``now`` is the monotonic time.
+
+        The fixes it completes: usually none or one; after a confirmed jump in
+        time, the held ones before it as well, in time order.
+        """
         if len(line) > MAX_LINE:
             self.dropped["line_too_long"] += 1
-            return None
+            return []
         if not line.strip():
-            return None
+            return []
         try:
             report = json.loads(line)
         except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
             self.dropped["bad_json"] += 1
-            return None
+            return []
         if not isinstance(report, dict) or not isinstance(report.get("class"), str):
             self.dropped["not_a_report"] += 1
-            return None
+            return []
         kind = report["class"]
         self.reports[kind] += 1
         try:
@@ -169,9 +197,21 @@ class GpsdDecoder:
         except Exception:
             # A report shaped in a way no check above foresaw: the peer's fault, not ours.
             self.dropped["bad_report"] += 1
-        return None
+        return []
 
-    def _tpv(self, report: Mapping[str, Any], now: float) -> Fix:
+    def finish(self) -> list[Fix]:
+        """End of the stream for good: the TPVs still held, if within a day of the last
+        fix (else they are dropped as ``time_jump``)."""
+        self._order.settle()
+        return self._settle_held()
+
+    def _settle_held(self) -> list[Fix]:
+        released, discarded = self._order.take()
+        if discarded:
+            self.dropped["time_jump"] += len(discarded)
+        return released
+
+    def _tpv(self, report: Mapping[str, Any], now: float) -> list[Fix]:
         device = report.get("device")
         if self.device is not None and device != self.device:
             raise _Drop("other_device")
@@ -200,13 +240,10 @@ class GpsdDecoder:
         if status == 0:
             raise _Drop("no_fix")  # a mode 2/3 TPV that says "no fix" is not trusted
         quality = _STATUS_QUALITY.get(status, FixQuality.GPS)
-        out_of_order = self._order.check(time)
-        if out_of_order is not None:
-            raise _Drop(out_of_order)
         sky = self._sky.get(device if isinstance(device, str) else "")
         if sky is not None and now - sky.received > self._sky_max_age_s:
             sky = None
-        return Fix(
+        fix = Fix(
             vehicle=self.vehicle,
             time=time,
             lat=lat,
@@ -218,6 +255,14 @@ class GpsdDecoder:
             source=self.source,
             satellites=sky.satellites if sky else None,
         )
+        order = self._order
+        reason = order.check(time, fix)
+        out = self._settle_held() if order.changed else []
+        if reason is None:
+            out.append(fix)
+        elif reason != HELD:
+            self.dropped[reason] += 1
+        return out
 
     def _take_sky(self, report: Mapping[str, Any], now: float) -> None:
         device = report.get("device")
@@ -274,6 +319,10 @@ class GpsdSource(ReconnectingSource[GpsdDecoder]):
     ``connect_failures``; :attr:`dropped` and :attr:`reports` from the decoder.
     ``idle_timeout_s``: treat a connection that stays silent this long as dead
     (gpsd sends TPV every second while a receiver is attached); None waits forever.
+    ``max_future_s``: drop TPVs more than this ahead of ``clock.now()``
+    (``from_future``), and follow a jump in time at once when the clock explains
+    it (a dropout ended); None (the default) judges TPV times by their own cadence
+    alone, as for a recording replayed through gpsfake.
     """
 
     def __init__(
@@ -289,6 +338,7 @@ class GpsdSource(ReconnectingSource[GpsdDecoder]):
         idle_timeout_s: float | None = None,
         sky_max_age_s: float = 5.0,
         source: str | None = None,
+        max_future_s: float | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"gpsd port must be 1..65535, not {port!r}; fix the gpsd settings")
@@ -304,6 +354,8 @@ class GpsdSource(ReconnectingSource[GpsdDecoder]):
             source or f"gpsd://{self.address}{device or ''}",
             device=device,
             sky_max_age_s=sky_max_age_s,
+            clock=clock if max_future_s is not None else None,
+            max_future_s=max_future_s if max_future_s is not None else MAX_FUTURE_S,
         )
         self.connect_failures = 0
         self.connected = False
@@ -357,8 +409,7 @@ class GpsdSource(ReconnectingSource[GpsdDecoder]):
                     if not talking:
                         talking = True
                         self._outage.back()
-                    fix = self.decoder.feed_line(line, self._clock.monotonic())
-                    if fix is not None:
+                    for fix in self.decoder.feed_line(line, self._clock.monotonic()):
                         yield fix
             except asyncio.CancelledError:
                 raise

@@ -36,11 +36,23 @@ Choices worth knowing:
   ``no_epoch``); an epoch that ends short shrinks it. Without a learned cycle
   an epoch is emitted when a sentence with another time arrives, or on
   :meth:`NmeaDecoder.flush`.
+* Epoch times go through :class:`gps.validity.TimeOrder`: one epoch dated
+  far ahead of the receiver's cadence (a corrupt but checksum-valid time) is
+  held, not taken as the time every later epoch must beat; the next epoch
+  that continues the stream drops it (``time_jump``), and a receiver that
+  really jumped (a reset, a log that goes on after a pause) is followed
+  after three epochs in its new cadence, the held ones then emitted late
+  (at the end of the stream, :meth:`NmeaDecoder.finish`, a held run within a
+  day of the last fix is emitted, one further ahead dropped).
+  Given a ``clock``, epochs more than ``max_future_s`` ahead of it are
+  ``from_future``, and a jump the clock explains (a dropout ended) is
+  followed at once. Recorded logs are decoded without a clock.
 * Checksums are required: a sentence without ``*hh`` could be a truncated
   line whose last number lost digits.
 * ``dropped`` counts sentences, except ``garbage`` (runs of bytes outside any
   sentence) and ``comment`` (``#`` lines, as in gpsd logs), which count
-  chunks. Once flushed, ``sentences == used + sum of the sentence reasons``.
+  chunks. Once flushed, ``sentences == used + held + sum of the sentence
+  reasons``; after :meth:`NmeaDecoder.finish` nothing is held.
 """
 
 from __future__ import annotations
@@ -59,6 +71,8 @@ import pynmea2
 from pynmea2 import nmea_utils
 
 from gps.validity import (
+    HELD,
+    MAX_FUTURE_S,
     MAX_SPEED_MS,
     TimeOrder,
     course_or_none,
@@ -67,6 +81,7 @@ from gps.validity import (
     plausible_satellites,
     plausible_speed,
 )
+from preemption.kernel.clock import Clock
 from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
@@ -95,7 +110,9 @@ DROP_REASONS: Final = frozenset(
         "impossible_coordinates",  # out of range, minutes >= 60, or exactly 0,0
         "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
         "time_backwards",  # epoch earlier than the last emitted fix
-        "duplicate_epoch",  # epoch at the same instant as the last emitted fix
+        "duplicate_epoch",  # epoch at the same instant as the last emitted fix (or one held)
+        "time_jump",  # held epoch far ahead of the stream's cadence that was not confirmed
+        "from_future",  # epoch more than max_future_s ahead of the clock (only with a clock)
         "line_too_long",  # sentence longer than MAX_SENTENCE_LEN
         "garbage",  # bytes outside any sentence (binary protocols, noise); counts chunks
         "comment",  # '#' line as in gpsd test logs; counts lines
@@ -178,17 +195,27 @@ class _Epoch:
     satellites: int | None = None
     gsa_hdop: float | None = None
     gsa_satellites: int = 0
+    fix: Fix | None = None  # once closed: what it became, while the time order judges it
 
 
 class NmeaDecoder:
     """Decodes one receiver's NMEA stream into fixes for one vehicle.
 
     Not thread-safe; one instance per stream. ``feed`` and ``feed_line`` return
-    the fixes completed by that input; ``flush`` at the end of the stream (or
-    when the line goes quiet) returns the epoch still open.
+    the fixes completed by that input; ``flush`` when the line goes quiet
+    returns the epoch still open, and ``finish`` at the end of the stream also
+    settles the epochs held after a jump in time.
     """
 
-    def __init__(self, vehicle: str, source: str, *, date_hint: dt.date | None = None) -> None:
+    def __init__(
+        self,
+        vehicle: str,
+        source: str,
+        *,
+        date_hint: dt.date | None = None,
+        clock: Clock | None = None,
+        max_future_s: float = MAX_FUTURE_S,
+    ) -> None:
         self.vehicle = vehicle
         self.source = source
         self.dropped: Counter[str] = Counter()
@@ -199,7 +226,8 @@ class NmeaDecoder:
         self._epoch: _Epoch | None = None
         self._day = date_hint.toordinal() if date_hint is not None else None
         self._day_tod: float | None = None
-        self._order = TimeOrder()
+        # Items: closed epochs with their fix and day, which set the date state once accepted.
+        self._order: TimeOrder[_Epoch] = TimeOrder(clock=clock, max_future_s=max_future_s)
         self._out: list[Fix] = []
         self._kind = ""  # type of the sentence being handled
         self._cycle: dict[str, int] = {}  # learned sentences of a complete epoch
@@ -239,13 +267,41 @@ class NmeaDecoder:
         return self._take()
 
     def flush(self) -> list[Fix]:
-        """End of stream: decode an unterminated last line and emit the open epoch."""
+        """A pause (or the end) of the stream: decode an unterminated last line and emit
+        the open epoch.
+
+        Epochs held as suspect after a jump in time stay held (:attr:`held`): a
+        receiver slower than the caller's pause detection would otherwise never
+        get a jumped run confirmed. :meth:`finish` ends the stream for good.
+        """
         if self._buf:
             buf, self._buf = self._buf, b""
             self._scan(buf)
         self._skip = False
         self._close_epoch()
         return self._take()
+
+    def finish(self) -> list[Fix]:
+        """End of stream: :meth:`flush`, then settle what is still held: emitted if
+        it starts within a day of the last fix (a log that goes on after a pause),
+        else dropped as ``time_jump``."""
+        out = self.flush()
+        self._order.settle()
+        self._settle_held()
+        return out + self._take()
+
+    @property
+    def held(self) -> int:
+        """Sentences in epochs held as suspect: neither used nor dropped yet.
+
+        ``sentences == used + held + sum of the sentence reasons`` after a flush.
+        """
+        return sum(epoch.merged for epoch in self._order.pending)
+
+    @property
+    def resyncs(self) -> int:
+        """How often the decoder followed the receiver's time after a confirmed jump."""
+        return self._order.resyncs
 
     def _take(self) -> list[Fix]:
         out, self._out = self._out, []
@@ -519,7 +575,7 @@ class NmeaDecoder:
         reason = self._emit(epoch)
         if reason is None:
             self.used += epoch.merged
-        elif epoch.merged:
+        elif epoch.merged and reason != HELD:
             self.dropped[reason] += epoch.merged
 
     def _emit(self, epoch: _Epoch) -> str | None:
@@ -540,30 +596,47 @@ class NmeaDecoder:
                 and epoch.tod < _ROLLOVER_WINDOW
             ):
                 day += 1  # the time of day wrapped past midnight since the last date
-        self._day, self._day_tod = day, epoch.tod
         time = (day - _EPOCH_ORDINAL) * 86_400 + epoch.tod
-        out_of_order = self._order.check(time)
-        if out_of_order is not None:
-            return out_of_order
         hdop = epoch.hdop if epoch.hdop is not None else epoch.gsa_hdop
         satellites = epoch.satellites
         if satellites is None and epoch.gsa_satellites:
             satellites = epoch.gsa_satellites
-        self._out.append(
-            Fix(
-                vehicle=self.vehicle,
-                time=time,
-                lat=epoch.lat,
-                lon=epoch.lon,
-                speed=epoch.speed,
-                course=epoch.course,
-                hdop=hdop,
-                quality=epoch.quality,
-                source=self.source,
-                satellites=satellites,
-            )
+        fix = Fix(
+            vehicle=self.vehicle,
+            time=time,
+            lat=epoch.lat,
+            lon=epoch.lon,
+            speed=epoch.speed,
+            course=epoch.course,
+            hdop=hdop,
+            quality=epoch.quality,
+            source=self.source,
+            satellites=satellites,
         )
-        return None
+        epoch.fix = fix
+        epoch.day = day
+        order = self._order
+        reason = order.check(time, epoch)
+        if order.changed:
+            self._settle_held()
+        if reason is None:
+            # Only an accepted epoch dates the ones after it: an epoch dated ahead and
+            # dropped must not carry its date into the GGA-only epochs that follow.
+            self._day, self._day_tod = day, epoch.tod
+            self._out.append(fix)
+        return reason
+
+    def _settle_held(self) -> None:
+        """Use the held epochs the time order released; count those it dropped."""
+        released, discarded = self._order.take()
+        for epoch in released:
+            if epoch.fix is not None:
+                self._out.append(epoch.fix)
+            self.used += epoch.merged
+            self._day, self._day_tod = epoch.day, epoch.tod
+        for epoch in discarded:
+            if epoch.merged:
+                self.dropped["time_jump"] += epoch.merged
 
 
 _HANDLERS: Final[dict[str, Callable[[NmeaDecoder, list[str]], None]]] = {
@@ -809,5 +882,5 @@ def parse_nmea_file(
     path = Path(path)
     decoder = NmeaDecoder(vehicle, source or path.name, date_hint=date_hint)
     fixes = decoder.feed(path.read_bytes())
-    fixes.extend(decoder.flush())
+    fixes.extend(decoder.finish())
     return fixes, decoder.dropped

@@ -109,32 +109,58 @@ def test_gpx_keeps_only_the_fix_types_it_knows(tmp_path: Path) -> None:
     assert {f.source for f in fixes} == {"rtk.gpx"}
 
 
-fixes_strategy = st.lists(
-    st.builds(
-        lambda ms, lat, lon, speed, course, hdop, quality, sats: fix(
-            ms / 1000, lat, lon, speed, course, hdop, quality, sats
-        ),
-        st.integers(0, 253_402_300_799_000),
-        st.floats(-90, 90, allow_nan=False, allow_infinity=False).filter(lambda v: v != 0.0),
-        st.floats(-180, 180, allow_nan=False, allow_infinity=False),
-        st.none() | st.floats(0, 100, allow_nan=False, allow_infinity=False),
-        st.none() | st.floats(0, 360, exclude_max=True, allow_nan=False, allow_infinity=False),
-        st.none() | st.floats(0.01, 1e6, allow_nan=False, allow_infinity=False),
-        st.sampled_from([FixQuality.GPS, FixQuality.DGPS, FixQuality.PPS]),
-        st.none() | st.integers(0, 1000),
-    ),
-    max_size=20,
-    unique_by=lambda f: f.time,
-).map(lambda fs: sorted(fs, key=lambda f: f.time))
+DAY_MS = 86_400_000
+
+
+@st.composite
+def fixes_strategy(draw: st.DrawFn) -> list[Fix]:
+    """Tracks at any cadence, regular or not, without a gap of a day or more."""
+    t = draw(st.integers(0, 253_402_300_799_000 - 21 * DAY_MS))
+    fixes = []
+    for gap in draw(st.lists(st.integers(1, DAY_MS - 1), max_size=20)):
+        t += gap
+        fixes.append(
+            fix(
+                t / 1000,
+                draw(st.floats(-90, 90, allow_nan=False).filter(lambda v: v != 0.0)),
+                draw(st.floats(-180, 180, allow_nan=False)),
+                draw(st.none() | st.floats(0, 100, allow_nan=False)),
+                draw(st.none() | st.floats(0, 360, exclude_max=True, allow_nan=False)),
+                draw(st.none() | st.floats(0.01, 1e6, allow_nan=False, allow_infinity=False)),
+                draw(st.sampled_from([FixQuality.GPS, FixQuality.DGPS, FixQuality.PPS])),
+                draw(st.none() | st.integers(0, 1000)),
+            )
+        )
+    return fixes
 
 
 @settings(max_examples=60)
-@given(fixes_strategy)
+@given(fixes_strategy())
 def test_any_track_survives_both_formats(fixes: list[Fix]) -> None:
+    # Whatever its cadence and its pauses: the time order holds a jump back
+    # until the track confirms it, and releases it at the end of the file.
     for time_format in ("iso", "epoch"):
         text = io.StringIO(_csv_of(fixes, time_format), newline="")
         assert parse_csv(text, VEHICLE, "track") == (fixes, Counter())
     assert parse_gpx(_gpx_of(fixes), VEHICLE, "track") == (fixes, Counter())
+
+
+def test_one_record_dated_years_ahead_costs_only_itself() -> None:
+    # A typo in the year of one row used to make every later row time_backwards.
+    track = [fix(T0 + i) for i in range(30)]
+    typo = fix(T0 + 10 * 365 * 86_400, lat=48.0)
+    jumped = Counter({"time_jump": 1})
+    with_typo = [*track[:8], typo, *track[8:]]
+    text = io.StringIO(_csv_of(with_typo, "iso"), newline="")
+    assert parse_csv(text, VEHICLE, "track") == (track, jumped)
+    assert parse_gpx(_gpx_of(with_typo), VEHICLE, "track") == (track, jumped)
+    # At the end of the file too: nothing is that far ahead after a mere pause.
+    assert parse_gpx(_gpx_of([*track, typo]), VEHICLE, "track") == (track, jumped)
+
+
+def test_a_track_that_goes_on_after_a_pause_keeps_every_point() -> None:
+    track = [fix(T0 + i) for i in range(10)] + [fix(T0 + 3600 + 5 * i) for i in range(10)]
+    assert parse_gpx(_gpx_of(track), VEHICLE, "track") == (track, Counter())
 
 
 def _csv_of(fixes: list[Fix], time_format: str) -> str:

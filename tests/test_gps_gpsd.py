@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from gps.backoff import Backoff
 from gps.gpsd import DROP_REASONS, MAX_LINE, GpsdDecoder, GpsdSource, watch_command
 from gps.nmea import parse_nmea_file
-from preemption.kernel.clock import RealClock
+from preemption.kernel.clock import RealClock, SimClock
 from preemption.kernel.model import Fix, FixQuality
 
 from .realparts import LOOPBACK, Gpsfake, free_port, wait_for
@@ -55,8 +56,8 @@ def sky(**fields: Any) -> str:
 
 def test_a_tpv_becomes_a_fix_with_the_hdop_of_the_last_sky() -> None:
     decoder = GpsdDecoder(VEHICLE, "gpsd://x")
-    assert decoder.feed_line(sky(), now=10.0) is None
-    fix = decoder.feed_line(tpv(1.5, status=2).encode() + b"\r\n", now=10.5)
+    assert decoder.feed_line(sky(), now=10.0) == []
+    [fix] = decoder.feed_line(tpv(1.5, status=2).encode() + b"\r\n", now=10.5)
     assert fix == Fix(
         vehicle=VEHICLE,
         time=T0 + 1.5,
@@ -77,23 +78,20 @@ def test_without_a_recent_sky_there_is_no_hdop_and_satellites_are_counted_from_t
     decoder = GpsdDecoder(VEHICLE, "g", sky_max_age_s=5.0)
     sats = [{"PRN": n, "used": n % 2 == 0} for n in range(1, 12)]
     decoder.feed_line(sky(uSat=..., hdop=..., satellites=sats), now=0.0)
-    fix = decoder.feed_line(tpv(1), now=1.0)
-    assert fix is not None
+    [fix] = decoder.feed_line(tpv(1), now=1.0)
     assert fix.satellites == 5
     assert fix.hdop is None
     decoder.feed_line(sky(), now=2.0)
-    late = decoder.feed_line(tpv(2), now=7.5)  # the SKY is 5.5 s old
-    assert late is not None
+    [late] = decoder.feed_line(tpv(2), now=7.5)  # the SKY is 5.5 s old
     assert (late.hdop, late.satellites) == (None, None)
 
 
 def test_the_first_tpv_of_an_epoch_is_used_and_its_repeats_counted() -> None:
     # gpsd repeats TPV while it learns the cycle: mode 2 first, then mode 3 with more fields.
     decoder = GpsdDecoder(VEHICLE, "g")
-    first = decoder.feed_line(tpv(0, mode=2, track=...), now=0.0)
-    assert first is not None
+    [first] = decoder.feed_line(tpv(0, mode=2, track=...), now=0.0)
     assert first.course is None
-    assert decoder.feed_line(tpv(0, mode=3), now=0.0) is None
+    assert decoder.feed_line(tpv(0, mode=3), now=0.0) == []
     assert decoder.dropped == {"duplicate_epoch": 1}
 
 
@@ -136,8 +134,8 @@ def test_the_first_tpv_of_an_epoch_is_used_and_its_repeats_counted() -> None:
 def test_every_drop_reason(line: str | bytes, reason: str) -> None:
     assert reason in DROP_REASONS
     decoder = GpsdDecoder(VEHICLE, "g", device=DEVICE)
-    assert decoder.feed_line(tpv(5.0), now=0.0) is not None
-    assert decoder.feed_line(line, now=0.0) is None
+    assert len(decoder.feed_line(tpv(5.0), now=0.0)) == 1
+    assert decoder.feed_line(line, now=0.0) == []
     assert decoder.dropped == {reason: 1}
 
 
@@ -154,23 +152,65 @@ def test_reports_that_are_not_positions_are_counted_by_class_not_dropped(
         sky(hdop="bad", uSat=-3),  # a malformed SKY lends nothing, and costs nothing
     ]
     with caplog.at_level(logging.WARNING, logger="gps.gpsd"):
-        assert all(decoder.feed_line(line, now=0.0) is None for line in lines)
+        assert all(decoder.feed_line(line, now=0.0) == [] for line in lines)
     assert decoder.reports == {"VERSION": 1, "DEVICES": 1, "ERROR": 1, "SKY": 1}
     assert not decoder.dropped
     assert "Unrecognized request" in caplog.text
-    fix = decoder.feed_line(tpv(), now=0.0)
-    assert fix is not None
+    [fix] = decoder.feed_line(tpv(), now=0.0)
     assert (fix.hdop, fix.satellites) == (None, None)
 
 
 def test_track_out_of_range_costs_the_course_not_the_position() -> None:
     decoder = GpsdDecoder(VEHICLE, "g")
-    fix = decoder.feed_line(tpv(track=400.0), now=0.0)
-    assert fix is not None
+    [fix] = decoder.feed_line(tpv(track=400.0), now=0.0)
     assert fix.course is None
-    fix = decoder.feed_line(tpv(1, track=360.0), now=0.0)
-    assert fix is not None
+    [fix] = decoder.feed_line(tpv(1, track=360.0), now=0.0)
     assert fix.course == 0.0
+
+
+def tpv_at(t: float, lat: float = 49.48539) -> str:
+    stamp = dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+    return tpv(time=stamp.replace("+00:00", "Z"), lat=lat)
+
+
+def test_one_tpv_dated_ahead_is_dropped_and_the_stream_goes_on() -> None:
+    # The same poisoning as in NMEA: one TPV years ahead made every later one
+    # time_backwards.
+    decoder = GpsdDecoder(VEHICLE, "g")
+    fixes: list[Fix] = []
+    for i in range(20):
+        fixes += decoder.feed_line(tpv_at(T0 + i), now=float(i))
+        if i == 5:
+            for t in (T0 + 86_400 * 800, T0 + 10.0):  # years ahead, then 4 s ahead
+                fixes += decoder.feed_line(tpv_at(t, lat=48.0), now=float(i))
+                fixes += decoder.feed_line(tpv_at(T0 + 5.5), now=float(i))
+    decoder.finish()
+    assert [f.time - T0 for f in fixes] == [0, 1, 2, 3, 4, 5, 5.5, *range(6, 20)]
+    assert all(f.lat > 49 for f in fixes)
+    assert decoder.dropped == {"time_jump": 2, "duplicate_epoch": 1}
+    assert decoder.held == 0
+
+
+def test_a_gpsd_whose_receiver_jumped_is_followed_after_three_tpvs() -> None:
+    decoder = GpsdDecoder(VEHICLE, "g")
+    got = [decoder.feed_line(tpv_at(T0 + t), now=0.0) for t in (0, 1, 2, 600, 600, 601, 602)]
+    assert [len(fixes) for fixes in got] == [1, 1, 1, 0, 0, 0, 3]
+    assert [f.time - T0 for f in got[-1]] == [600, 601, 602]
+    assert decoder.resyncs == 1
+    assert decoder.dropped == {"duplicate_epoch": 1}  # gpsd's repeat of the held TPV
+
+
+def test_with_max_future_the_source_judges_tpvs_by_its_clock() -> None:
+    clock = SimClock(start_utc=T0)
+    source = GpsdSource(VEHICLE, clock, max_future_s=2.0)
+    decoder = source.decoder
+    assert decoder.feed_line(tpv_at(T0 + 3.0), now=0.0) == []
+    assert len(decoder.feed_line(tpv_at(T0), now=0.0)) == 1
+    assert decoder.dropped == {"from_future": 1}
+    # Without it, nothing is judged against the clock (recordings through gpsfake).
+    assert len(GpsdSource(VEHICLE, clock).decoder.feed_line(tpv_at(T0 + 3.0), now=0.0)) == 1
+    with pytest.raises(ValueError, match="max_future_s"):
+        GpsdSource(VEHICLE, clock, max_future_s=math.nan)
 
 
 json_values = st.recursive(
@@ -202,8 +242,7 @@ tpv_keys = st.sampled_from(["mode", "time", "lat", "lon", "speed", "track", "sta
 def test_arbitrary_lines_never_raise(lines: list[str | bytes]) -> None:
     decoder = GpsdDecoder(VEHICLE, "g", device=DEVICE)
     for line in lines:
-        fix = decoder.feed_line(line, now=0.0)
-        if fix is not None:
+        for fix in decoder.feed_line(line, now=0.0):
             assert -90.0 <= fix.lat <= 90.0
             assert -180.0 <= fix.lon <= 180.0
             assert math.isfinite(fix.time)

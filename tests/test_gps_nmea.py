@@ -27,6 +27,7 @@ from gps.nmea import (
     _fields,
     parse_nmea_file,
 )
+from preemption.kernel.clock import SimClock
 from preemption.kernel.model import Fix, FixQuality
 
 LOGS = Path(__file__).resolve().parent / "data" / "nmea"
@@ -67,10 +68,11 @@ def assert_valid(fix: Fix) -> None:
 
 
 def assert_accounted(decoder: NmeaDecoder) -> None:
-    """Every sentence went into a fix or is counted under a known reason (after flush)."""
+    """Every sentence went into a fix, is held, or is counted under a known reason
+    (after flush)."""
     assert set(decoder.dropped) <= DROP_REASONS
     counted = sum(n for reason, n in decoder.dropped.items() if reason not in NOT_SENTENCES)
-    assert decoder.sentences == decoder.used + counted
+    assert decoder.sentences == decoder.used + decoder.held + counted
 
 
 # One second of a typical receiver, 2025-11-28 12:00:00 UTC, near Mannheim.
@@ -316,7 +318,13 @@ def test_every_drop_reason(data: bytes, reason: str) -> None:
 
 
 def test_all_reasons_are_exercised() -> None:
-    exercised = {d[2] for d in DROPS} | {"time_backwards", "duplicate_epoch"}
+    # The time order's reasons have their own tests below.
+    exercised = {d[2] for d in DROPS} | {
+        "time_backwards",
+        "duplicate_epoch",
+        "time_jump",
+        "from_future",
+    }
     assert exercised == DROP_REASONS
 
 
@@ -332,6 +340,206 @@ def test_time_backwards_and_duplicate_epochs_are_dropped() -> None:
     decoder.feed(stream(*second("120000.00")))  # the same epoch again, e.g. a reconnect
     assert decoder.flush() == []
     assert decoder.dropped == Counter({"duplicate_epoch": 2})
+
+
+# -- one outlier in time ----------------------------------------------------
+
+
+def epoch_at(t: float, lat: str = "4929.1234", *, gga: bool = True) -> tuple[str, ...]:
+    """RMC (+ GGA) of an epoch at epoch seconds ``t``, to the hundredth of a second."""
+    stamp = dt.datetime.fromtimestamp(round(t, 2), dt.UTC)
+    tod = f"{stamp:%H%M%S}.{stamp.microsecond // 10_000:02d}"
+    rmc = f"GPRMC,{tod},A,{lat},N,00828.5678,E,10.0,45.5,{stamp:%d%m%y},,,A"
+    if not gga:
+        return (rmc,)
+    return rmc, f"GPGGA,{tod},{lat},N,00828.5678,E,1,09,0.9,100.0,M,47.0,M,,"
+
+
+def run_at(start: float, n: int, cycle: float = 1.0) -> list[tuple[str, ...]]:
+    return [epoch_at(start + i * cycle) for i in range(n)]
+
+
+def finish(data: bytes, **kwargs: object) -> tuple[list[Fix], NmeaDecoder]:
+    """Decode to the end of the stream, as parse_nmea_file does."""
+    decoder = NmeaDecoder("engine-1", "test", **kwargs)  # type: ignore[arg-type]
+    fixes = decoder.feed(data)
+    fixes += decoder.finish()
+    return fixes, decoder
+
+
+YEARS_AHEAD = dt.datetime(2031, 6, 1, 8, 0, 0, tzinfo=dt.UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    "when", [YEARS_AHEAD, NOON + 5 + 5.0], ids=["years_ahead", "five_seconds_ahead"]
+)
+def test_one_epoch_ahead_of_the_stream_is_dropped_and_the_stream_goes_on(when: float) -> None:
+    # The hostile findings: one checksum-valid epoch dated years ahead (or a
+    # position 5 s in the future) became the time every later epoch had to beat.
+    good = run_at(NOON, 40)
+    data = stream(*itertools.chain(*good[:6], epoch_at(when, "4800.0000"), *good[6:]))
+    fixes, decoder = finish(data)
+    assert [f.time for f in fixes] == [NOON + i for i in range(40)]
+    assert all(f.lat > 49 for f in fixes)  # the outlier's position is nowhere
+    assert decoder.dropped == Counter({"time_jump": 2})  # its RMC and GGA, nothing else
+    assert decoder.resyncs == 0
+    assert_accounted(decoder)
+
+
+def test_an_outlier_in_a_real_log_costs_only_itself() -> None:
+    lines = (LOGS / "sirfstarv-nmea.log").read_bytes().splitlines(keepends=True)
+    # After the RMC that ends the tenth epoch (GPGGA, GLGGA, 2 GNGSA, GNRMC).
+    at = [i for i, line in enumerate(lines) if line.startswith(b"$GNRMC")][10] + 1
+    bad = stream(epoch_at(YEARS_AHEAD, gga=False)[0])
+    expected, expected_drops = parse_nmea_file(LOGS / "sirfstarv-nmea.log", "engine-1", "test")
+    fixes, decoder = finish(b"".join([*lines[:at], bad, *lines[at:]]))
+    assert fixes == expected
+    assert decoder.dropped == expected_drops + Counter({"time_jump": 1})
+
+
+def test_the_date_of_a_dropped_epoch_does_not_date_later_gga_only_epochs() -> None:
+    gga = "GPGGA,{},4929.1234,N,00828.5678,E,1,09,0.9,100.0,M,47.0,M,,"
+    data = stream(
+        *run_at(NOON, 3)[0],
+        *run_at(NOON + 1, 2)[0],
+        *run_at(NOON + 2, 1)[0],
+        epoch_at(YEARS_AHEAD, gga=False)[0],  # an RMC with a date years ahead
+        *(gga.format(f"1200{s:02d}.00") for s in range(3, 9)),
+    )
+    fixes, decoder = finish(data)
+    assert [f.time - NOON for f in fixes] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert decoder.dropped == Counter({"time_jump": 1})
+
+
+def test_a_receiver_that_really_jumped_is_followed_after_three_epochs() -> None:
+    decoder = NmeaDecoder("e", "s")
+    out = [decoder.feed(stream(*e)) for e in run_at(NOON, 5) + run_at(NOON + 600, 5)]
+    # Before the jump each epoch comes out as it completes (from the second on,
+    # once the cycle is learned); the first two after it are held until a third
+    # continues their cadence, then all three come out at once.
+    assert [len(fixes) for fixes in out] == [0, 2, 1, 1, 1, 0, 0, 3, 1, 1]
+    fixes = [f for fixes in out for f in fixes] + decoder.finish()
+    assert [f.time - NOON for f in fixes] == [0, 1, 2, 3, 4, 600, 601, 602, 603, 604]
+    assert decoder.resyncs == 1
+    assert decoder.dropped == Counter()
+
+
+def test_a_log_paused_between_two_trips_decodes_fully() -> None:
+    # This u-blox log has 18 minutes without a fix between its two parts.
+    fixes, dropped = parse_nmea_file(LOGS / "ublox-lea-5h.log", "e")
+    assert len(fixes) == 20
+    assert fixes[-1].time - fixes[0].time > 1000
+    assert all(a.time < b.time for a, b in itertools.pairwise(fixes))
+    assert "time_jump" not in dropped
+
+
+def test_held_epochs_survive_a_flush_and_are_settled_at_the_end() -> None:
+    decoder = NmeaDecoder("e", "s")
+    assert len(decoder.feed(stream(*itertools.chain(*run_at(NOON, 5)))) + decoder.flush()) == 5
+    # A slow receiver: the caller flushes on every pause, the run still gets confirmed.
+    decoder.feed(stream(*epoch_at(NOON + 600)))
+    assert decoder.flush() == []
+    assert decoder.held == 2
+    assert_accounted(decoder)
+    decoder.feed(stream(*epoch_at(NOON + 602)))
+    assert decoder.flush() == []
+    # The stream ends before a third epoch confirms the jump. Nothing comes after
+    # them to be poisoned: a pause of minutes keeps its epochs.
+    assert [f.time - NOON for f in decoder.finish()] == [600, 602]
+    assert decoder.held == 0
+    assert decoder.dropped == Counter()
+    assert_accounted(decoder)
+
+
+def test_a_last_epoch_dated_years_ahead_is_dropped_at_the_end() -> None:
+    fixes, decoder = finish(stream(*itertools.chain(*run_at(NOON, 5)), *epoch_at(YEARS_AHEAD)))
+    assert [f.time - NOON for f in fixes] == [0, 1, 2, 3, 4]
+    assert decoder.dropped == Counter({"time_jump": 2})
+    assert_accounted(decoder)
+
+
+def test_with_a_clock_epochs_from_the_future_are_dropped_and_never_the_reference() -> None:
+    clock = SimClock(start_utc=NOON + 0.3)
+    decoder = NmeaDecoder("e", "s", clock=clock, max_future_s=2.0)
+    fixes: list[Fix] = []
+    # Even the first epoch: nothing but the clock can judge it.
+    fixes += decoder.feed(stream(*epoch_at(YEARS_AHEAD)))
+    for i in range(10):
+        fixes += decoder.feed(stream(*epoch_at(NOON + i)))
+        if i == 4:
+            fixes += decoder.feed(stream(*epoch_at(NOON + i + 3.0)))  # 2.7 s ahead of now
+        clock.advance(1.0)
+    fixes += decoder.finish()
+    assert [f.time - NOON for f in fixes] == list(range(10))
+    assert decoder.dropped == Counter({"from_future": 4})
+
+
+def test_with_a_clock_a_dropout_is_followed_at_once() -> None:
+    def run(clock: SimClock | None) -> list[int]:
+        decoder = NmeaDecoder("e", "s", clock=clock)
+        counts = []
+        for t in [*range(5), *range(35, 40)]:
+            if clock is not None:
+                clock.advance_to(t + 0.2)
+            counts.append(len(decoder.feed(stream(*epoch_at(NOON + t)))))
+        return counts
+
+    # 30 s without a fix (a tunnel): the clock says that much time has passed.
+    assert run(SimClock(start_utc=NOON)) == [0, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+    # Without a clock the same gap is a jump like any other: held for two epochs.
+    assert run(None) == [0, 2, 1, 1, 1, 0, 0, 3, 1, 1]
+
+
+def test_with_a_clock_an_epoch_ahead_of_the_stream_is_still_held() -> None:
+    clock = SimClock(start_utc=NOON)
+    decoder = NmeaDecoder("e", "s", clock=clock)  # max_future_s 5 s
+    good = run_at(NOON, 10)
+    fixes: list[Fix] = []
+    for i, epoch in enumerate(good):
+        clock.advance_to(i + 0.2)
+        fixes += decoder.feed(stream(*epoch))
+        if i == 3:
+            fixes += decoder.feed(stream(*epoch_at(NOON + i + 4.0, "4800.0000")))
+    fixes += decoder.finish()
+    assert [f.time - NOON for f in fixes] == list(range(10))
+    assert decoder.dropped == Counter({"time_jump": 2})
+
+
+CYCLES = st.sampled_from([0.1, 0.2, 0.5, 1.0, 2.0])
+# Times an RMC can carry: its two-digit year reads as 1969-2068.
+ANY_TIME = st.floats(
+    min_value=dt.datetime(1970, 1, 1, tzinfo=dt.UTC).timestamp(),
+    max_value=dt.datetime(2068, 12, 31, tzinfo=dt.UTC).timestamp(),
+)
+
+
+@settings(max_examples=300)
+@given(
+    cycle=CYCLES,
+    n=st.integers(min_value=4, max_value=30),
+    at=st.integers(min_value=2, max_value=30),
+    offset=st.one_of(
+        st.floats(min_value=-10.0, max_value=10.0),  # near the stream: the hard cases
+        st.floats(min_value=-1e6, max_value=1e6),
+    ),
+    anywhere=st.one_of(st.none(), ANY_TIME),
+    gga=st.booleans(),
+)
+def test_one_inserted_epoch_costs_at_most_itself_and_two_real_ones(
+    cycle: float, n: int, at: int, offset: float, anywhere: float | None, gga: bool
+) -> None:
+    # Once the stream has shown its cycle (two epochs), one checksum-valid epoch
+    # at any time, anywhere in it, must not cost more than two of the real ones.
+    at = min(at, n)
+    good = run_at(NOON, n, cycle)
+    when = anywhere if anywhere is not None else NOON + (at - 1) * cycle + offset
+    bad = epoch_at(when, "4800.0000", gga=gga)
+    fixes, decoder = finish(stream(*itertools.chain(*good[:at], bad, *good[at:])))
+    kept = {round(f.time, 2) for f in fixes if f.lat > 49}
+    lost = [i for i in range(n) if round(NOON + i * cycle, 2) not in kept]
+    assert len(lost) <= 2, (lost, decoder.dropped)
+    assert all(a.time < b.time for a, b in itertools.pairwise(fixes))
+    assert_accounted(decoder)
 
 
 def test_a_void_sentence_voids_its_whole_epoch() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterable, AsyncIterator
 from functools import reduce
 from operator import xor
 from pathlib import Path
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from gps.nmea import parse_nmea_file
-from gps.replay import NmeaReplay, replay_lines, replay_nmea
+from gps.replay import NmeaReplay, TrackReplay, replay_lines, replay_nmea, replay_track
 from preemption.kernel.clock import SimClock
 from preemption.kernel.model import Fix
 
 LOGS = Path(__file__).resolve().parent / "data" / "nmea"
+TRACKS = Path(__file__).resolve().parent / "data" / "tracks"
 SIRF = LOGS / "sirfstarv-nmea.log"  # 59 fixes at 1 Hz: 58 s from first to last
 
 
@@ -123,3 +125,81 @@ def test_a_bad_rate_is_refused(rate: float) -> None:
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing\.nmea"):
         NmeaReplay.from_file(tmp_path / "missing.nmea", "e", SimClock())
+
+
+# -- re-timed for a live run ----------------------------------------------------
+
+NOW = 1_764_288_000.0  # the SimClock's day; the logs are years older
+
+
+async def aged(
+    clock: SimClock, fixes: AsyncIterable[Fix], after_s: float
+) -> list[tuple[float, float, Fix]]:
+    """Each fix with the moment it was yielded (from the start of the iteration,
+    which begins ``after_s`` into the run) and its age at that moment."""
+    await clock.sleep(after_s)
+    start = clock.monotonic()
+    return [(clock.monotonic() - start, clock.now() - fix.time, fix) async for fix in fixes]
+
+
+def untimed(fix: Fix) -> Fix:
+    return dataclasses.replace(fix, time=0.0)
+
+
+@pytest.mark.parametrize("rate", [1.0, 4.0, None])
+def test_a_retimed_nmea_replay_starts_at_the_clock_and_keeps_its_pace(rate: float | None) -> None:
+    plain_clock = SimClock(NOW)
+    plain = plain_clock.run(
+        aged(plain_clock, NmeaReplay.from_file(SIRF, "e", plain_clock, rate), 42.5)
+    )
+    clock = SimClock(NOW)
+    replay = NmeaReplay.from_file(SIRF, "e", clock, rate, retime=True)
+    out = clock.run(aged(clock, replay, 42.5))
+    assert len(out) == len(plain) == 59
+    # The first fix carries the moment it is yielded, 42.5 s into the run.
+    assert out[0][2].time == NOW + 42.5
+    # The log's spacing divided by the rate (as fast as possible: as recorded), from now.
+    first = plain[0][2].time
+    scale = 1.0 if rate is None else rate
+    expected = [NOW + 42.5 + (f.time - first) / scale for _, _, f in plain]
+    assert [f.time for _, _, f in out] == pytest.approx(expected)
+    assert [at for at, _, _ in out] == [at for at, _, _ in plain]
+    assert [untimed(f) for _, _, f in out] == [untimed(f) for _, _, f in plain]
+    assert replay.dropped == parse_nmea_file(SIRF, "e")[1]
+    if rate is not None:
+        # Live-like at any rate: every fix is as fresh when it comes as the first one was.
+        assert [age for _, age, _ in out] == pytest.approx([0.0] * 59, abs=1e-6)
+
+
+def test_a_retimed_track_replay_starts_at_the_clock() -> None:
+    clock = SimClock(NOW)
+    replay = TrackReplay.from_file(TRACKS / "sirfstarv.gpx", "e", clock, rate=1.0, retime=True)
+    out = clock.run(aged(clock, replay, 7.0))
+    assert len(out) == len(replay.fixes) == 59
+    assert out[0][2].time == NOW + 7.0
+    assert [age for _, age, _ in out] == pytest.approx([0.0] * 59, abs=1e-6)
+    shift = NOW + 7.0 - replay.fixes[0].time
+    assert [f.time for _, _, f in out] == pytest.approx([f.time + shift for f in replay.fixes])
+    assert [untimed(f) for _, _, f in out] == [untimed(f) for f in replay.fixes]
+    assert out[-1][0] == pytest.approx(58.0)
+
+
+def test_without_retime_a_replay_keeps_the_recorded_times() -> None:
+    clock = SimClock(NOW)
+    out = clock.run(aged(clock, replay_nmea(SIRF, "e", clock, rate=None), 5.0))
+    assert [f for _, _, f in out] == parse_nmea_file(SIRF, "e")[0]
+    assert min(age for _, age, _ in out) > 365 * 86_400  # the planner would never act on these
+
+
+def test_the_replay_helpers_pass_retime_on(tmp_path: Path) -> None:
+    clock = SimClock(NOW)
+    out = clock.run(aged(clock, replay_nmea(SIRF, "e", clock, rate=None, retime=True), 3.0))
+    assert out[0][2].time == NOW + 3.0
+    lines = minute_log(tmp_path / "m.nmea").read_text().splitlines()
+    clock = SimClock(NOW)
+    out = clock.run(aged(clock, replay_lines(lines, "e", clock, rate=None, retime=True), 3.0))
+    assert out[0][2].time == NOW + 3.0
+    assert out[-1][2].time == NOW + 63.0
+    clock = SimClock(NOW)
+    track = replay_track(TRACKS / "sirfstarv.gpx", "e", clock, rate=None, retime=True)
+    assert clock.run(aged(clock, track, 3.0))[0][2].time == NOW + 3.0
