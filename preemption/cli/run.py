@@ -53,7 +53,7 @@ def run_command(args: argparse.Namespace) -> int:
     clean = False
     try:
         daemon = build(dep, clock, sink=journal, boot_id=journal.boot_id)
-        daemon.counters = journal.counters  # one set of counters for the whole process
+        journal.counters = daemon.counters  # one set of counters for the whole process
         for vehicle in args.emergency:
             if vehicle not in daemon.planner.allowed:
                 print(f"error: --emergency {vehicle}: not in [[vehicles]]", file=sys.stderr)

@@ -18,6 +18,7 @@ from gps.mqtt import BrokerSettings, MqttFixSource, VehicleStatus
 from gps.position_json import LinkMessage, StatusMessage, StatusSource
 from gps.replay import NmeaReplay
 from gps.serial import SerialNmeaSource
+from gps.validity import MotionGate
 from preemption.decisions.planner import Planner
 from preemption.kernel.clock import Clock
 from preemption.kernel.config import (
@@ -90,11 +91,7 @@ def build(
     )
 
 
-def _gate_for(dep: Deployment) -> Callable[[str], Any] | None:
-    try:
-        from gps.validity import MotionGate  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - older gps package
-        return None
+def _gate_for(dep: Deployment) -> Callable[[str], MotionGate]:
     speed = dep.service.max_implied_speed_ms
     return lambda _vehicle: MotionGate(max_speed_ms=speed)
 
@@ -110,9 +107,12 @@ def _source(
     name = f"gps[{k}] ({g.kind})"
     if isinstance(g, NmeaFileSource):
         path, vehicle, rate = g.path, g.vehicle, g.rate
-        # A replay plays once: when it has ended it is not started again.
+        # A replay plays once: when it has ended it is not started again. Re-timed, so
+        # that its fixes are as old as they would have been live.
         return SourceSpec(
-            name, lambda: NmeaReplay.from_file(path, vehicle, clock, rate=rate), restart=False
+            name,
+            lambda: NmeaReplay.from_file(path, vehicle, clock, rate=rate, retime=True),
+            restart=False,
         )
     if isinstance(g, SerialSource):
         device, vehicle, baud = g.device, g.vehicle, g.baudrate
