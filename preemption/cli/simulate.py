@@ -174,7 +174,7 @@ async def _run(
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_drive(scen, street, clock, lines, watch, engine))
-        tg.create_task(daemon.run([_receiver(lines, engine.vehicle)]))
+        tg.create_task(daemon.run([_receiver(lines, engine.vehicle, clock)]))
         if scen.preemption.dispatch:
             tg.create_task(_dispatch(daemon, clock, engine))
 
@@ -214,12 +214,14 @@ async def _drive(
     out.put_nowait(None)
 
 
-async def _receiver(lines: asyncio.Queue[str | None], vehicle: str) -> AsyncIterator[Fix]:
-    decoder = NmeaDecoder(vehicle=vehicle, source="sim-receiver")
+async def _receiver(
+    lines: asyncio.Queue[str | None], vehicle: str, clock: SimClock
+) -> AsyncIterator[Fix]:
+    decoder = NmeaDecoder(vehicle=vehicle, source="sim-receiver", clock=clock)
     while (line := await lines.get()) is not None:
         for fix in decoder.feed_line(line):
             yield fix
-    for fix in decoder.flush():
+    for fix in decoder.finish():
         yield fix
 
 
