@@ -8,6 +8,12 @@ per vehicle id::
     <prefix>/<vehicle>/status     JSON emergency status, retained, QoS 1
     <prefix>/<vehicle>/link       JSON online/offline, retained, QoS 1 (offline = last will)
 
+Beside these, the broker carries ``preemption/v1/dispatch/#`` (the dispatch
+system), ``preemption/v1/operators/<operator>/command`` and ``.../reply``,
+``preemption/v1/status/#`` and ``preemption/v1/requests/#`` (the daemon); who
+may write and read each is config/mosquitto/acl. With that ACL an engine (MQTT
+user name = vehicle id) can write only its own four topics.
+
 :class:`MqttFixSource` subscribes to all four with a ``+`` wildcard, so that a
 vehicle not on its allow-list is seen, dropped and counted
 (``unknown_vehicle``) instead of silently ignored by the broker. It is an
@@ -16,19 +22,34 @@ an ``on_status`` callback and into :attr:`MqttFixSource.status` /
 :attr:`MqttFixSource.online`. Nothing a publisher sends makes it raise: every
 message is either used or counted under a reason, per vehicle.
 
+A flood from one vehicle's credentials (a broken unit, stolen credentials)
+must not starve the others: every message of a vehicle first passes that
+vehicle's arrival cap (``rate_limited``: a token bucket on this clock, large
+enough for a whole store-and-forward backlog at once, then twice
+``max_rate_hz`` a second), which drops a flood before any decoding; positions
+then pass a limit on their own fix times (``too_frequent``: no more than
+``max_rate_hz`` fixes per second of fix time), which a backlog meets however
+fast it arrives. A status "off" or a link "offline" that ends a vehicle's run
+is never dropped by the cap.
+
 The broker may go away at any time: the source reconnects with exponential
 backoff (gps/backoff.py, with jitter) on the Clock, subscribes again, and logs
 an outage once (broker address, what failed, what to check) and its end once.
 
 The helpers for the link (:class:`BrokerSettings`, TLS, :func:`describe_failure`,
 :class:`LinkState`) are shared with the onboard forwarder (gps/onboard.py).
+:func:`insecurities` says in words what a configuration leaves open, and
+:func:`accepts_anonymous` asks a broker whether it lets anybody in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import random
 import ssl
 from collections import Counter
@@ -44,17 +65,21 @@ from aiomqtt.exceptions import MqttConnectError
 from gps.backoff import Backoff
 from gps.nmea import NmeaDecoder
 from gps.position_json import (
+    DEFAULT_MAX_RATE_HZ,
     LinkMessage,
     PositionReader,
     Rejected,
     StatusMessage,
     check_vehicle_id,
+    decode_link,
+    decode_status,
 )
 from preemption.kernel.clock import Clock
 from preemption.kernel.errors import InputError
 from preemption.kernel.model import Fix
 
 __all__ = [
+    "DEFAULT_ARRIVAL_BURST",
     "DEFAULT_PREFIX",
     "FIX_DROP_REASONS",
     "SOURCE_DROP_REASONS",
@@ -65,7 +90,9 @@ __all__ = [
     "MqttFixSource",
     "TopicKind",
     "VehicleStatus",
+    "accepts_anonymous",
     "describe_failure",
+    "insecurities",
     "library_logger",
     "topic_for",
 ]
@@ -75,18 +102,27 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX: Final = "preemption/v1/vehicles"
 MAX_NMEA_PAYLOAD: Final = 16 * 1024  # one epoch is a few hundred bytes
 MAX_UNKNOWN_VEHICLES: Final = 100  # distinct unknown names counted by name; the rest as one
+# The arrival cap of one vehicle: this many messages at once, then ARRIVAL_RATE_FACTOR x
+# max_rate_hz a second. An onboard unit drains its store-and-forward buffer (600
+# positions by default, gps/onboard.py) as fast as the broker takes them when its link
+# comes back; the cap must let all of that through, with room for a second outage soon
+# after. A flood beyond it is dropped before it is decoded.
+DEFAULT_ARRIVAL_BURST: Final = 1500
+ARRIVAL_RATE_FACTOR: Final = 2.0
 
 # Reasons the source itself adds to those of gps/position_json.DROP_REASONS.
 SOURCE_DROP_REASONS: Final = frozenset(
     {
         "bad_topic",  # not <prefix>/<vehicle>/<kind> with a known kind
         "unknown_vehicle",  # vehicle not on the allow-list
-        # These two count NMEA fixes, not messages: one message may carry several.
+        "rate_limited",  # beyond the vehicle's arrival cap (a flood), dropped undecoded
+        # These count NMEA fixes, not messages: one message may carry several.
         "nmea_too_old",  # a fix decoded from NMEA older than max_age_s
         "nmea_from_future",  # a fix decoded from NMEA later than now plus max_future_s
+        "nmea_too_frequent",  # a fix decoded from NMEA closer than 1/max_rate_hz to the last
     }
 )
-FIX_DROP_REASONS: Final = frozenset({"nmea_too_old", "nmea_from_future"})
+FIX_DROP_REASONS: Final = frozenset({"nmea_too_old", "nmea_from_future", "nmea_too_frequent"})
 _OTHER_VEHICLES: Final = "<other unknown vehicles>"
 _NO_VEHICLE: Final = "<no vehicle>"
 
@@ -164,22 +200,51 @@ class BrokerSettings:
         return self.tls or self.tls_ca is not None
 
     @property
+    def verifies_broker(self) -> bool:
+        """True when TLS checks the broker's certificate and name (tls_ca or the system CAs).
+
+        Without it anyone on the path can pose as the broker and read or change
+        what goes over the link.
+        """
+        return self.uses_tls
+
+    @property
+    def authenticates_client(self) -> bool:
+        """True when this client proves who it is: a user name with a password, or a
+        client certificate over TLS.
+
+        Without it the broker cannot tell this client from anybody else.
+        """
+        has_password = self.username is not None and self.password is not None
+        return has_password or (self.uses_tls and self.tls_cert is not None)
+
+    @property
+    def secure(self) -> bool:
+        """Both: the broker is verified and the client authenticated (see :func:`insecurities`)."""
+        return self.verifies_broker and self.authenticates_client
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port} ({'TLS' if self.uses_tls else 'plain TCP'})"
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context (reads the files now), or None without TLS; BrokerConfigError if bad."""
+        return self._tls_context(client_certificate=True)
+
+    def _tls_context(self, *, client_certificate: bool) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
-        for what, path in (("CA", self.tls_ca), ("client certificate", self.tls_cert)):
+        cert = self.tls_cert if client_certificate else None
+        key = self.tls_key if client_certificate else None
+        for what, path in (("CA", self.tls_ca), ("client certificate", cert)):
             if path is not None and not Path(path).is_file():
                 raise BrokerConfigError(
                     f"TLS {what} file {path} for broker {self.address} does not exist or is not "
                     "a file: fix the path in the configuration"
                 )
-        if self.tls_key is not None and not Path(self.tls_key).is_file():
+        if key is not None and not Path(key).is_file():
             raise BrokerConfigError(
-                f"TLS client key file {self.tls_key} for broker {self.address} does not exist "
+                f"TLS client key file {key} for broker {self.address} does not exist "
                 "or is not a file: fix the path in the configuration"
             )
         try:
@@ -187,10 +252,8 @@ class BrokerSettings:
                 cafile=None if self.tls_ca is None else str(self.tls_ca)
             )
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self.tls_cert is not None:
-                context.load_cert_chain(
-                    str(self.tls_cert), None if self.tls_key is None else str(self.tls_key)
-                )
+            if cert is not None:
+                context.load_cert_chain(str(cert), None if key is None else str(key))
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise BrokerConfigError(
                 f"TLS files for broker {self.address} are unusable (CA {self.tls_ca}, "
@@ -198,6 +261,144 @@ class BrokerSettings:
                 "PEM files and that the key belongs to the certificate"
             ) from exc
         return context
+
+
+def insecurities(settings: BrokerSettings) -> list[str]:
+    """What these settings leave open, one sentence each (what, why it matters, what to do).
+
+    Empty when the broker is verified by TLS and the client authenticated.
+    """
+    found = []
+    if not settings.uses_tls:
+        found.append(
+            f"no TLS to broker {settings.address}: positions, status and credentials travel "
+            "in clear, and anyone on the path can read or change them or pose as the broker; "
+            "set tls_ca (or tls = true) and use the broker's TLS port (8883)"
+        )
+    if not settings.authenticates_client:
+        if settings.username is not None:
+            what = f"user {settings.username!r} has no password"
+        else:
+            what = "neither a user name and password nor a client certificate"
+        found.append(
+            f"no client credentials for broker {settings.address} ({what}): the broker cannot "
+            "tell this client from anybody else, and a broker that lets it in lets anyone "
+            "publish as a fire engine; set username and password, or a client certificate "
+            "(tls_cert, tls_key)"
+        )
+    if settings.tls_cert is not None and not settings.uses_tls:
+        found.append(
+            f"a client certificate ({settings.tls_cert}) is configured but TLS is off, so it "
+            "is not used: set tls_ca (or tls = true)"
+        )
+    return found
+
+
+# MQTT 3.1.1 CONNACK return codes that mean "not with these credentials".
+_CONNACK_REFUSED: Final = frozenset({4, 5})
+
+
+async def accepts_anonymous(settings: BrokerSettings, timeout_s: float = 5.0) -> bool | None:
+    """Whether the broker lets in a client with no credentials at all.
+
+    Connects to ``settings.host:port`` with the same TLS settings (the same CA,
+    the same check of the broker's certificate and name) but without user name,
+    password or client certificate, sends an MQTT 3.1.1 CONNECT and reads the
+    CONNACK. Publishes nothing and subscribes to nothing.
+
+    * True: the broker accepted the connection; unless its ACL stops them
+      (which this does not probe), anyone who can reach it can publish as a
+      fire engine.
+    * False: the broker refused: CONNACK "bad user name or password" / "not
+      authorised", or it refused the TLS handshake (it wants a client
+      certificate).
+    * None: it could not tell: unreachable, no answer within ``timeout_s``,
+      the broker's certificate not trusted by ``tls_ca`` (then nothing can be
+      said about the broker behind it), a port that does not speak MQTT (or
+      not TLS), another refusal.
+
+    Raises only BrokerConfigError (an unusable CA file); never for the broker.
+    """
+    context = settings._tls_context(client_certificate=False)
+    client_id = f"preemption-anonymous-probe-{os.getpid()}-{random.getrandbits(32):08x}"
+    packet = _connect_packet(client_id, keepalive_s=10)
+    what = f"anonymous probe of broker {settings.address}"
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(
+                settings.host,
+                settings.port,
+                ssl=context,
+                server_hostname=settings.host if context is not None else None,
+            )
+            if context is not None and await _speaks_first(reader, min(0.5, timeout_s / 4)):
+                log.debug("%s: the broker spoke or closed before the CONNECT: cannot tell", what)
+                return None
+            writer.write(packet)
+            await writer.drain()
+            connack = await reader.readexactly(4)
+            if connack[:2] == b"\x20\x02" and connack[3] == 0:
+                writer.write(b"\xe0\x00")  # DISCONNECT: a clean goodbye
+                await writer.drain()
+    except TimeoutError:
+        log.debug("%s: no answer within %s s", what, timeout_s)
+        return None
+    except ssl.SSLCertVerificationError as exc:
+        log.debug("%s: the broker's certificate is not trusted (%s): cannot tell", what, exc)
+        return None
+    except ssl.SSLError as exc:
+        # An alert from the broker during or right after the handshake (TLS 1.3 sends
+        # "certificate required" then): it refuses a client without a certificate.
+        refused = "ALERT" in str(exc).upper()
+        log.debug("%s: TLS failed (%s): %s", what, exc, "refused" if refused else "cannot tell")
+        return False if refused else None
+    except (OSError, EOFError) as exc:  # refused, reset, closed before CONNACK (IncompleteRead)
+        log.debug("%s: %s: cannot tell", what, exc or type(exc).__name__)
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+    if connack[:2] != b"\x20\x02":
+        log.debug("%s: the answer %r is not a CONNACK: cannot tell", what, connack)
+        return None
+    code = connack[3]
+    log.debug("%s: CONNACK return code %d", what, code)
+    if code == 0:
+        return True
+    if code in _CONNACK_REFUSED:
+        return False
+    return None
+
+
+async def _speaks_first(reader: asyncio.StreamReader, wait_s: float) -> bool:
+    """Whether the broker sends (or closes) before the client's CONNECT; raises its TLS alert.
+
+    Under TLS 1.3 the client's handshake ends before the broker has checked the
+    client's (missing) certificate: the broker's refusal is an alert right
+    after. Waiting for it before sending anything reads it as the refusal it is;
+    a CONNECT sent into it makes the broker's close a reset, which would hide it.
+    An MQTT broker never speaks first, so a quiet wait is the normal case.
+    """
+    try:
+        async with asyncio.timeout(wait_s):
+            await reader.read(1)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _connect_packet(client_id: str, *, keepalive_s: int) -> bytes:
+    """An MQTT 3.1.1 CONNECT: clean session, no will, no user name, no password."""
+    ident = client_id.encode("utf-8")
+    variable = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big")
+    payload = len(ident).to_bytes(2, "big") + ident
+    remaining = len(variable) + len(payload)
+    assert remaining < 128  # one length byte
+    return bytes([0x10, remaining]) + variable + payload
 
 
 @dataclass(slots=True)
@@ -218,8 +419,16 @@ class LinkState:
 _CONFIG_KINDS: Final = frozenset({"auth", "tls", "refused"})
 
 
-def describe_failure(exc: BaseException, settings: BrokerSettings) -> tuple[str, str]:
-    """(kind, explanation) of a failed or lost connection: what happened and what to check."""
+def describe_failure(
+    exc: BaseException, settings: BrokerSettings, library_said: str | None = None
+) -> tuple[str, str]:
+    """(kind, explanation) of a failed or lost connection: what happened and what to check.
+
+    ``library_said`` is the last problem the MQTT library logged during the
+    attempt (:attr:`_QuietLogger.last_problem`): under TLS 1.3 a broker that
+    wants a client certificate says so only in an alert that paho logs, and
+    the attempt itself just times out.
+    """
     address = settings.address
     text = str(exc) or type(exc).__name__
     cause = exc.__cause__
@@ -251,6 +460,35 @@ def describe_failure(exc: BaseException, settings: BrokerSettings) -> tuple[str,
             f"signed the broker's certificate, that the certificate names {settings.host!r}, "
             "the client certificate and key if the broker wants one, and the clocks"
         )
+    if "Operation timed out" in text and library_said and "ALERT" in library_said.upper():
+        if "CERTIFICATE_REQUIRED" in library_said.upper():
+            todo = (
+                "set tls_cert and tls_key to this client's certificate (one signed by the CA "
+                "the broker trusts for clients)"
+                if settings.tls_cert is None
+                else "check that tls_cert is signed by the CA the broker trusts for clients"
+            )
+            return "tls", (
+                f"broker {address} wants a client certificate and refused the TLS connection "
+                f"({library_said}): {todo}; retrying slowly"
+            )
+        return "tls", (
+            f"broker {address} refused the TLS connection ({library_said}): check the client "
+            "certificate and key, that the broker trusts their CA, and the clocks; retrying slowly"
+        )
+    if (
+        "Operation timed out" in text
+        and settings.uses_tls
+        and settings.tls_cert is None
+        and library_said
+        and "reset by peer" in library_said
+    ):
+        # The same refusal when the broker's close overtook its alert.
+        return "tls", (
+            f"broker {address} closed the TLS connection before answering the MQTT login "
+            f"({library_said}): if it wants a client certificate, set tls_cert and tls_key "
+            "(one signed by the CA the broker trusts for clients); else see the broker's log"
+        )
     if "Operation timed out" in text:
         hint = (
             "a TLS port without tls configured?"
@@ -280,16 +518,33 @@ def describe_failure(exc: BaseException, settings: BrokerSettings) -> tuple[str,
 
 
 class _QuietLogger(logging.Logger):
-    """paho's and aiomqtt's own messages, all at DEBUG: the link watch reports outages once."""
+    """paho's and aiomqtt's own messages, all at DEBUG: the link watch reports outages once.
+
+    The last message the library meant as a warning or error is kept in
+    :attr:`last_problem`, for the explanation of a failure (describe_failure).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.last_problem: str | None = None
 
     def _log(self, level: int, *args: Any, **kwargs: Any) -> None:
-        super()._log(logging.DEBUG, *args, **kwargs)
+        if level >= logging.WARNING and args:
+            msg, fmt_args = args[0], args[1] if len(args) > 1 else ()
+            try:
+                text = str(msg) % fmt_args if fmt_args else str(msg)
+            except (TypeError, ValueError):
+                text = str(msg)
+            self.last_problem = text[:300]
+        if super().isEnabledFor(logging.DEBUG):
+            super()._log(logging.DEBUG, *args, **kwargs)
 
     def isEnabledFor(self, level: int) -> bool:
-        return super().isEnabledFor(logging.DEBUG)
+        # Warnings are always formatted (for last_problem); the rest only when wanted.
+        return level >= logging.WARNING or super().isEnabledFor(logging.DEBUG)
 
 
-def library_logger(name: str) -> logging.Logger:
+def library_logger(name: str) -> _QuietLogger:
     quiet = _QuietLogger(f"{name}.paho")
     quiet.parent = logging.getLogger(name)
     return quiet
@@ -301,7 +556,9 @@ class LinkWatch:
     The delays are :meth:`BrokerSettings.backoff`: doubling from
     ``reconnect_min_s`` to ``reconnect_max_s``, each scaled by a seeded random
     factor in [0.75, 1]; failures that need a person (credentials, TLS, a
-    refusal) wait the maximum at once.
+    refusal) wait the maximum at once. ``library`` is the logger given to the
+    MQTT client (:func:`library_logger`): what it last complained about goes
+    into the explanation of a failure.
     """
 
     def __init__(
@@ -311,11 +568,13 @@ class LinkWatch:
         who: str,
         logger: logging.Logger,
         seed: str = "",
+        library: _QuietLogger | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.who = who
         self.log = logger
+        self.library = library
         self.state = LinkState(broker=settings.address)
         self.backoff = settings.backoff()
         self._attempt = 0
@@ -334,6 +593,8 @@ class LinkWatch:
             )
         else:
             self.log.info("%s: connected to broker %s", self.who, st.broker)
+        if self.library is not None:
+            self.library.last_problem = None
         st.connected = True
         st.connects += 1
         st.down_since = None
@@ -345,7 +606,10 @@ class LinkWatch:
         Logged when it starts an outage, or when it turns into one that needs a
         person (credentials, TLS, refused); every other attempt only at DEBUG.
         """
-        kind, text = explanation or describe_failure(exc, self.settings)
+        said = None
+        if self.library is not None:
+            said, self.library.last_problem = self.library.last_problem, None
+        kind, text = explanation or describe_failure(exc, self.settings, said)
         st = self.state
         st.connected = False
         st.failures += 1
@@ -393,6 +657,28 @@ class MqttFixSource:
     * NMEA sentences that make no fix are counted by that vehicle's decoder,
       in :attr:`nmea_dropped`, as gps/nmea.py does for a serial line.
 
+    Rate limits, per allow-listed vehicle (a flood of one vehicle's
+    credentials must starve neither the other vehicles nor the CPU):
+
+    * the arrival cap, ``rate_limited``: a token bucket on the clock's
+      monotonic time holding ``arrival_burst`` messages (default
+      DEFAULT_ARRIVAL_BURST, more than an onboard unit's whole
+      store-and-forward backlog), refilled at ARRIVAL_RATE_FACTOR x
+      ``max_rate_hz`` a second. What is beyond it is dropped before it is
+      decoded, which is what keeps a flood cheap. Exempt: a status "off" while
+      the vehicle is on, and a link "offline" while it is online, which end a
+      run and must never be lost (they are decoded to tell; once the vehicle
+      is off, further ones are not exempt).
+    * the fix-time limit, ``too_frequent`` (``nmea_too_frequent`` for NMEA):
+      a fix less than ``1 / max_rate_hz`` of *fix time* after the vehicle's
+      last accepted one. A backlog sent all at once keeps its fixes' spacing
+      and passes; the newest of it reach the planner.
+
+    The status order is gps/position_json.PositionReader.status: by arrival
+    and sequence number, and an "off" is never dropped as out of order or
+    from the future. Every dropped status is logged (statuses are rare); other
+    drops once per vehicle and reason, then counted.
+
     ``on_status`` is called (synchronously, in the iterating task) with each
     accepted status or link message; the latest are in :attr:`status` and
     :attr:`online`. ``client_id`` with ``persistent_session`` keeps the
@@ -412,6 +698,8 @@ class MqttFixSource:
         persistent_session: bool = False,
         max_age_s: float = 60.0,
         max_future_s: float = 5.0,
+        max_rate_hz: float = DEFAULT_MAX_RATE_HZ,
+        arrival_burst: int = DEFAULT_ARRIVAL_BURST,
         on_status: Callable[[VehicleStatus], None] | None = None,
     ) -> None:
         self.vehicles = frozenset(vehicles)
@@ -428,13 +716,27 @@ class MqttFixSource:
             raise BrokerConfigError(
                 "a persistent MQTT session needs a fixed client_id: set one, unique per daemon"
             )
+        if not 0.0 < max_rate_hz < math.inf:
+            raise BrokerConfigError(
+                f"MQTT source: max_rate_hz {max_rate_hz!r} must be a finite number > 0"
+            )
+        if type(arrival_burst) is not int or arrival_burst < 1:
+            raise BrokerConfigError(
+                f"MQTT source: arrival_burst {arrival_burst!r} must be a whole number >= 1 "
+                "(at least the onboard units' buffer_size)"
+            )
         self.broker = broker
         self.clock = clock
         self.prefix = prefix
         self.client_id = client_id
         self.persistent_session = persistent_session
         self.on_status = on_status
-        self.reader = PositionReader(clock, max_age_s=max_age_s, max_future_s=max_future_s)
+        self.reader = PositionReader(
+            clock, max_age_s=max_age_s, max_future_s=max_future_s, max_rate_hz=max_rate_hz
+        )
+        self.max_rate_hz = max_rate_hz
+        self.arrival_burst = arrival_burst
+        self.arrival_rate_hz = ARRIVAL_RATE_FACTOR * max_rate_hz
         self.received: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -443,9 +745,28 @@ class MqttFixSource:
         self.online: dict[str, bool] = {}
         self.nmea: dict[str, NmeaDecoder] = {}
         self._tls = broker.tls_context()  # config errors now, not at the first connect
-        self._watch = LinkWatch(broker, clock, "MQTT position source", log, seed=client_id or "")
+        self._library_log = library_logger(__name__)
+        self._watch = LinkWatch(
+            broker,
+            clock,
+            "MQTT position source",
+            log,
+            seed=client_id or "",
+            library=self._library_log,
+        )
         self._logged: set[tuple[str, str]] = set()
         self._kinds = {k.value: k for k in TopicKind}
+        self._buckets: dict[str, list[float]] = {}  # vehicle -> [tokens, monotonic of refill]
+        self._rate_limited = {  # made once: a flood must cost as little as possible
+            kind: Rejected(
+                "rate_limited",
+                f"{kind.value} beyond the arrival cap of {arrival_burst} messages at once and "
+                f"{self.arrival_rate_hz:g} a second: a flood from this vehicle's credentials; "
+                "check the unit, and whether its credentials leaked",
+            )
+            for kind in TopicKind
+        }
+        self._last_nmea_fix: dict[str, float] = {}  # vehicle -> time of the last NMEA fix used
 
     @property
     def link(self) -> LinkState:
@@ -495,7 +816,7 @@ class MqttFixSource:
             keepalive=b.keepalive_s,
             timeout=b.connect_timeout_s,
             tls_context=self._tls,
-            logger=library_logger(__name__),
+            logger=self._library_log,
         )
         return client
 
@@ -529,6 +850,9 @@ class MqttFixSource:
         if vehicle not in self.vehicles:
             self._drop(vehicle, Rejected("unknown_vehicle", f"on {topic[:120]!r}"))
             return []
+        if not self._admit(vehicle) and not self._ends_a_run(vehicle, kind, payload):
+            self._drop(vehicle, self._rate_limited[kind])
+            return []
         if kind is TopicKind.POSITION:
             msg = self.reader.position(payload, vehicle)
             if isinstance(msg, Rejected):
@@ -541,7 +865,7 @@ class MqttFixSource:
         if kind is TopicKind.STATUS:
             status = self.reader.status(payload, vehicle)
             if isinstance(status, Rejected):
-                self._drop(vehicle, status)
+                self._drop(vehicle, status, always=True)
                 return []
             self.accepted[kind.value] += 1
             self.status[vehicle] = status
@@ -569,11 +893,45 @@ class MqttFixSource:
         fixes = []
         for fix in decoder.feed(nmea_payload(payload)):
             late = self.reader.freshness(fix.time)
+            if late is None:
+                late = self.reader.spacing(fix.time, self._last_nmea_fix.get(vehicle))
             if late is not None:
                 self._drop(vehicle, Rejected(f"nmea_{late.reason}", late.detail))
             else:
+                self._last_nmea_fix[vehicle] = fix.time
                 fixes.append(fix)
         return fixes
+
+    def _admit(self, vehicle: str) -> bool:
+        """One message of ``vehicle`` through its arrival cap (a token bucket), or not."""
+        now = self.clock.monotonic()
+        bucket = self._buckets.get(vehicle)
+        if bucket is None:
+            bucket = self._buckets[vehicle] = [float(self.arrival_burst), now]
+        tokens = min(
+            float(self.arrival_burst), bucket[0] + (now - bucket[1]) * self.arrival_rate_hz
+        )
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
+
+    def _ends_a_run(self, vehicle: str, kind: TopicKind, payload: bytes) -> bool:
+        """A status "off" while the vehicle is on, a link "offline" while it is online."""
+        if kind is TopicKind.STATUS:
+            current = self.status.get(vehicle)
+            if current is None or not current.emergency:
+                return False
+            status = decode_status(payload, vehicle)
+            return isinstance(status, StatusMessage) and not status.emergency
+        if kind is TopicKind.LINK:
+            if self.online.get(vehicle) is not True:
+                return False
+            link = decode_link(payload, vehicle)
+            return isinstance(link, LinkMessage) and not link.online
+        return False
 
     def _notify(self, msg: VehicleStatus) -> None:
         if self.on_status is not None:
@@ -589,21 +947,27 @@ class MqttFixSource:
         kind = self._kinds.get(parts[1])
         return None if kind is None else (parts[0], kind)
 
-    def _drop(self, vehicle: str, why: Rejected) -> None:
+    def _drop(self, vehicle: str, why: Rejected, *, always: bool = False) -> None:
+        """Count a dropped message; log it the first time per vehicle and reason (or ``always``)."""
         key = vehicle
         if vehicle not in self.vehicles and vehicle not in self.dropped_by_vehicle:
             unknown = len(self.dropped_by_vehicle.keys() - self.vehicles)
             key = vehicle[:64] if unknown < MAX_UNKNOWN_VEHICLES else _OTHER_VEHICLES
         self.dropped[why.reason] += 1
         self.dropped_by_vehicle.setdefault(key, Counter())[why.reason] += 1
+        if always:
+            log.warning("MQTT status of vehicle %r dropped: %s (%s)", key, why.reason, why.detail)
+            return
         first = (key, why.reason) not in self._logged
         if first and len(self._logged) < 10_000:
             self._logged.add((key, why.reason))
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "MQTT message of vehicle %r dropped: %s (%s)%s",
-            key,
-            why.reason,
-            why.detail,
-            "; further drops of this kind are counted, not logged" if first else "",
-        )
+        if first:
+            log.warning(
+                "MQTT message of vehicle %r dropped: %s (%s); further drops of this kind are "
+                "counted, not logged",
+                key,
+                why.reason,
+                why.detail,
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("MQTT message of vehicle %r dropped: %s (%s)", key, why.reason, why.detail)

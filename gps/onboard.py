@@ -7,7 +7,10 @@ engine's own credentials, normally over TLS, in the layout of gps/mqtt.py:
 
 * each valid fix as a JSON position (gps/position_json.py), QoS 1, with a
   sequence number counting up from 0;
-* the status, retained, QoS 1, when it changes and again on every connection;
+* the status, retained, QoS 1, when it changes and again on every connection,
+  with its own sequence number counting up from 0 at each start (the centre
+  orders statuses by it and by arrival, never by this unit's clock, which may
+  step);
 * ``online`` on the link topic (retained) on every connection, ``offline`` when
   it stops; the same ``offline`` is the MQTT last will, which the broker sends
   when the engine vanishes without saying goodbye.
@@ -170,6 +173,7 @@ class OnboardForwarder:
         self._status_sent: StatusMessage | None = None  # acknowledged on this connection
         self._outbox: deque[_Outgoing] = deque()
         self._seq = -1
+        self._status_seq = -1  # counts statuses from 0 at each start, as _seq counts positions
         self._wake = asyncio.Event()
         self._fixes_done = False
         self._fixes_ended = asyncio.Event()  # cuts a reconnect pause short: start draining
@@ -180,7 +184,10 @@ class OnboardForwarder:
         self.position_topic = topic_for(prefix, vehicle, TopicKind.POSITION)
         self.status_topic = topic_for(prefix, vehicle, TopicKind.STATUS)
         self.link_topic = topic_for(prefix, vehicle, TopicKind.LINK)
-        self._watch = LinkWatch(self.broker, clock, f"onboard {vehicle}", log, seed=vehicle)
+        self._library_log = library_logger(__name__)
+        self._watch = LinkWatch(
+            self.broker, clock, f"onboard {vehicle}", log, seed=vehicle, library=self._library_log
+        )
 
     @property
     def link(self) -> LinkState:
@@ -274,7 +281,10 @@ class OnboardForwarder:
 
     def _set_status(self, on: bool, source: StatusSource) -> None:
         if self.status is None or self.status.emergency != on:
-            self.status = StatusMessage(self.settings.vehicle, self.clock.now(), on, source)
+            self._status_seq += 1
+            self.status = StatusMessage(
+                self.settings.vehicle, self.clock.now(), on, source, seq=self._status_seq
+            )
             self._wake.set()
 
     # -- the link ------------------------------------------------------------------
@@ -355,7 +365,7 @@ class OnboardForwarder:
             tls_context=self._tls,
             will=aiomqtt.Will(self.link_topic, offline.encode(), qos=1, retain=True),
             max_inflight_messages=WINDOW,
-            logger=library_logger(__name__),
+            logger=self._library_log,
         )
 
     async def _session(self, client: aiomqtt.Client) -> None:

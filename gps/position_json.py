@@ -17,10 +17,12 @@ as written; no other keys, no duplicate keys, no NaN or Infinity):
 * status, the emergency-run status (published retained)::
 
     {"v": 1, "vehicle": "FW-OST-HLF1", "time": 1764331200.0,
-     "emergency": true, "source": "blue_lights"}
+     "emergency": true, "source": "blue_lights", "seq": 3}
 
   ``source`` is ``blue_lights``, ``dispatch`` or ``config``; ``time`` is when
-  the unit observed the status.
+  the unit observed the status, on the unit's own clock; ``seq`` counts the
+  unit's statuses up from 0 at each start of the unit. ``seq`` is optional:
+  units older than it send the first five keys only, and both forms are read.
 
 * link, whether the unit is connected (retained; the offline one is also the
   unit's MQTT last will, which the broker sends at an unknown moment, so its
@@ -35,12 +37,15 @@ rules are those of ``gps/nmea.py`` (coordinates finite, in range and not 0,0;
 speed None or 0..100 m/s; course None or [0, 360); hdop None or finite > 0).
 
 :class:`PositionReader` adds what needs state and a clock: too old, from the
-future, and replayed or duplicated sequence numbers.
+future, replayed or duplicated sequence numbers, fixes closer together than
+the rate allows, and the order of statuses (see :meth:`PositionReader.status`:
+an "off" is never dropped for its time or order).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -58,6 +63,7 @@ from preemption.kernel.clock import Clock
 from preemption.kernel.model import Fix, FixQuality
 
 __all__ = [
+    "DEFAULT_MAX_RATE_HZ",
     "DROP_REASONS",
     "MAX_PAYLOAD_BYTES",
     "MAX_SPEED_MS",
@@ -76,6 +82,8 @@ __all__ = [
     "fix_problem",
 ]
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 2048  # a position is ~220 bytes; anything this big is not ours
 MAX_SEQ: Final = 2**63 - 1
@@ -83,6 +91,10 @@ MAX_SEQ: Final = 2**63 - 1
 # reports 1980 or 1999/2019 dates; nothing before 2000 or after 2100 is real.
 MIN_TIME: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
 MAX_TIME: Final = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+DEFAULT_MAX_RATE_HZ: Final = 20.0  # fixes per second of fix time; receivers give 1 to 10 (20)
+# Fix times are the receiver's, to the hundredth of a second: a 20 Hz receiver's
+# fixes 0.05 s apart must not fail a 0.05 s spacing by a float's rounding.
+RATE_TOLERANCE_S: Final = 0.001
 
 # A vehicle id is one MQTT topic level: no '/', '+', '#', no spaces or controls.
 VEHICLE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -99,10 +111,15 @@ DROP_REASONS: Final = frozenset(
         "impossible_speed",  # negative, not finite, or above MAX_SPEED_MS
         "impossible_value",  # course outside [0, 360), hdop <= 0, satellite count absurd
         "no_fix",  # quality 0 (invalid)
-        "too_old",  # older than the reader's max_age_s
-        "from_future",  # later than now plus the reader's max_future_s
-        "duplicate",  # sequence number and time both not after the last accepted
-        "time_backwards",  # newer sequence number but time not after the last accepted
+        "too_old",  # a position older than the reader's max_age_s
+        "from_future",  # a position, or a status ON, later than now plus max_future_s
+        # A position whose sequence number and time are both not after the last accepted;
+        # a status ON whose sequence number is not after the last status's.
+        "duplicate",
+        # A position with a newer sequence number but a time not after the last accepted;
+        # a status ON without sequence number timed before the last status.
+        "time_backwards",
+        "too_frequent",  # a position less than 1/max_rate_hz of fix time after the last
     }
 )
 
@@ -120,6 +137,7 @@ _POSITION_KEYS: Final = (
     "seq",
 )
 _STATUS_KEYS: Final = ("v", "vehicle", "time", "emergency", "source")
+_STATUS_OPTIONAL_KEYS: Final = ("seq",)  # absent from units that predate it
 _LINK_KEYS: Final = ("v", "vehicle", "online", "time")
 
 
@@ -213,21 +231,25 @@ class PositionMessage:
 
 @dataclass(frozen=True, slots=True)
 class StatusMessage:
+    """The emergency status of one vehicle; ``seq`` None for a unit that sends none."""
+
     vehicle: str
     time: float
     emergency: bool
     source: StatusSource
+    seq: int | None = None
 
     def encode(self) -> bytes:
-        return _dump(
-            {
-                "v": SCHEMA_VERSION,
-                "vehicle": self.vehicle,
-                "time": self.time,
-                "emergency": self.emergency,
-                "source": self.source.value,
-            }
-        )
+        obj: dict[str, object] = {
+            "v": SCHEMA_VERSION,
+            "vehicle": self.vehicle,
+            "time": self.time,
+            "emergency": self.emergency,
+            "source": self.source.value,
+        }
+        if self.seq is not None:
+            obj["seq"] = self.seq
+        return _dump(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,14 +407,21 @@ def _optional(field: float | Rejected | None) -> float | None:
 
 
 def decode_status(payload: bytes, topic_vehicle: str | None = None) -> StatusMessage | Rejected:
-    """A status message from untrusted bytes; never raises."""
-    obj = _load(payload, _STATUS_KEYS)
+    """A status message from untrusted bytes, with or without ``seq``; never raises.
+
+    The time of an "on" must be between 2000 and 2100 (``impossible_time``).
+    An "off" is taken with any finite time: it can only take requests back, and
+    a unit whose clock reads 1980 (no RTC, a GPS week rollover) must still be
+    able to end its run.
+    """
+    obj = _load(payload, _STATUS_KEYS, _STATUS_OPTIONAL_KEYS)
     if isinstance(obj, Rejected):
         return obj
     vehicle = _vehicle(obj, topic_vehicle)
     if isinstance(vehicle, Rejected):
         return vehicle
     time, emergency, source = obj["time"], obj["emergency"], obj["source"]
+    seq = obj.get("seq")
     if not _is_number(time):
         return Rejected("wrong_schema", f"time is {_kind(time)}, not a number")
     assert isinstance(time, int | float)
@@ -401,10 +430,13 @@ def decode_status(payload: bytes, topic_vehicle: str | None = None) -> StatusMes
     if source not in {s.value for s in StatusSource}:
         return Rejected("wrong_schema", f"source {source!r} is not one of {_SOURCES}")
     assert isinstance(source, str)
+    if "seq" in obj and (type(seq) is not int or not 0 <= seq <= MAX_SEQ):
+        return Rejected("wrong_schema", f"seq {str(seq)[:40]} is not an integer in 0..2**63-1")
+    assert seq is None or isinstance(seq, int)
     seconds = _float(time)
-    if not MIN_TIME <= seconds <= MAX_TIME:
+    if not math.isfinite(seconds) or (emergency and not MIN_TIME <= seconds <= MAX_TIME):
         return Rejected("impossible_time", f"time {time!r} is not between 2000 and 2100")
-    return StatusMessage(vehicle, seconds, emergency, StatusSource(source))
+    return StatusMessage(vehicle, seconds, emergency, StatusSource(source), seq)
 
 
 def decode_link(payload: bytes, topic_vehicle: str | None = None) -> LinkMessage | Rejected:
@@ -447,7 +479,9 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
-def _load(payload: object, keys: tuple[str, ...]) -> dict[str, object] | Rejected:
+def _load(
+    payload: object, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, object] | Rejected:
     if not isinstance(payload, bytes | bytearray | memoryview):
         return Rejected("bad_json", f"payload is {type(payload).__name__}, not bytes")
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -468,9 +502,9 @@ def _load(payload: object, keys: tuple[str, ...]) -> dict[str, object] | Rejecte
         return Rejected("unsupported_version", f"v={version}; this reader knows v=1")
     if type(version) is not int:
         return Rejected("wrong_schema", f"v is {_kind(version)}, not the integer 1")
-    if obj.keys() != set(keys):
+    if not set(keys) <= obj.keys() <= set(keys) | set(optional):
         missing = sorted(set(keys) - obj.keys())
-        extra = sorted(obj.keys() - set(keys))
+        extra = sorted(obj.keys() - set(keys) - set(optional))
         return Rejected("wrong_schema", f"missing keys {missing}, unexpected keys {extra[:5]}")
     return obj
 
@@ -498,6 +532,8 @@ def _dump(obj: dict[str, object]) -> bytes:
 class PositionReader:
     """Decodes position and status payloads of many vehicles, with the checks that need state.
 
+    Positions:
+
     * ``too_old``: the fix is more than ``max_age_s`` older than the clock's now;
       ``from_future``: more than ``max_future_s`` ahead (clock skew, a forged time).
     * ``duplicate``: sequence number and time both not after the vehicle's last
@@ -505,25 +541,44 @@ class PositionReader:
       ``time_backwards``: a newer sequence number with a time not after the last.
       A lower sequence number with a later time is a restarted unit (sequence
       numbers start again at 0) and is accepted.
-    * status: only ``from_future`` and ``time_backwards`` (older than the last
-      status of that vehicle); a retained status may be old and still true, and
-      the same status again (retained, redelivered) is accepted.
+    * ``too_frequent``: less than ``1 / max_rate_hz`` seconds of *fix time*
+      after the last accepted fix. The limit is on the fixes' own times, not on
+      when they arrive: a store-and-forward backlog of ten minutes at 1 Hz,
+      delivered in one second, is 600 fixes a second apart and passes.
+
+    Statuses (:meth:`status`) are ordered by arrival: the broker keeps the
+    order in which one publisher sent its messages on a topic, so the status
+    that arrives last is the unit's latest, whatever its clock said. See
+    :meth:`status` for the rule; in short, an "off" is never dropped for its
+    time or order, an "on" only when it is from the future or, by its sequence
+    number (or without one, by its time), older than the last status.
 
     Every rejection is counted in :attr:`dropped`; every acceptance in :attr:`accepted`.
     """
 
-    def __init__(self, clock: Clock, *, max_age_s: float = 60.0, max_future_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_age_s: float = 60.0,
+        max_future_s: float = 5.0,
+        max_rate_hz: float = DEFAULT_MAX_RATE_HZ,
+    ) -> None:
         if not (max_age_s > 0.0 and max_future_s >= 0.0):
             raise ValueError(
                 f"max_age_s must be > 0 and max_future_s >= 0, not {max_age_s!r}, {max_future_s!r}"
             )
+        if not 0.0 < max_rate_hz < math.inf:
+            raise ValueError(f"max_rate_hz must be a finite number > 0, not {max_rate_hz!r}")
         self.clock = clock
         self.max_age_s = max_age_s
         self.max_future_s = max_future_s
+        self.max_rate_hz = max_rate_hz
+        self.min_spacing_s = 1.0 / max_rate_hz - RATE_TOLERANCE_S
         self.dropped: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()  # by message kind: position, status, link
         self._last: dict[str, tuple[int, float]] = {}  # vehicle -> (seq, time) last accepted
-        self._last_status: dict[str, float] = {}
+        self._last_status: dict[str, StatusMessage] = {}  # since the unit's last "online"
 
     def position(self, payload: bytes, topic_vehicle: str) -> PositionMessage | Rejected:
         msg = decode_position(payload, topic_vehicle)
@@ -534,20 +589,55 @@ class PositionReader:
         return msg
 
     def status(self, payload: bytes, topic_vehicle: str) -> StatusMessage | Rejected:
+        """The status, or why it is dropped. The rule, for each vehicle:
+
+        * An "off" (``emergency`` false) that decodes is always taken, whatever
+          its time and sequence number say: it can only take requests back, and
+          a unit whose clock stepped back (NTP, a GNSS time fix) must still be
+          able to end its run. One that looks out of order is logged.
+        * An "on" is ``from_future`` when its time is more than ``max_future_s``
+          ahead of this clock.
+        * An "on" is compared with the vehicle's last status taken since the
+          unit last said "online" (every connection of a unit starts with
+          "online" and then its current status, so a restarted unit, counting
+          from 0 again and perhaps with a clock that is now behind, starts
+          afresh). With sequence numbers on both, a higher one is newer and is
+          taken whatever the times; the same message again (retained,
+          redelivered, sent again on a reconnection) is taken; anything else is
+          a ``duplicate`` (a replay). Without (a unit that sends none), an "on"
+          timed before the last status is ``time_backwards``.
+
+        A retained status may be old and still true: there is no ``too_old``.
+        """
         msg = decode_status(payload, topic_vehicle)
         if isinstance(msg, StatusMessage):
             last = self._last_status.get(msg.vehicle)
-            if msg.time - self.clock.now() > self.max_future_s:
-                msg = Rejected("from_future", f"status time {msg.time!r}")
-            elif last is not None and msg.time < last:
-                msg = Rejected("time_backwards", f"status time {msg.time!r} before {last!r}")
+            problem = self._status_order(msg, last) if msg.emergency else None
+            if problem is not None:
+                msg = problem
             else:
-                self._last_status[msg.vehicle] = msg.time
+                if last is not None and not msg.emergency and self._out_of_order(msg, last):
+                    log.warning(
+                        "status of vehicle %r: emergency OFF taken although it looks older than "
+                        "the last status (%s at %r, seq %s; the last: %s at %r, seq %s): an off "
+                        "is never dropped; check the unit's clock",
+                        msg.vehicle,
+                        _on_off(msg.emergency),
+                        msg.time,
+                        msg.seq,
+                        _on_off(last.emergency),
+                        last.time,
+                        last.seq,
+                    )
+                self._last_status[msg.vehicle] = msg
         self._tally(msg, "status")
         return msg
 
     def link(self, payload: bytes, topic_vehicle: str) -> LinkMessage | Rejected:
+        """The link message; an "online" starts a new status order for its vehicle."""
         msg = decode_link(payload, topic_vehicle)
+        if isinstance(msg, LinkMessage) and msg.online:
+            self._last_status.pop(msg.vehicle, None)
         self._tally(msg, "link")
         return msg
 
@@ -560,6 +650,16 @@ class PositionReader:
             return Rejected("from_future", f"{-age:.1f} s ahead (at most {self.max_future_s} s)")
         return None
 
+    def spacing(self, time: float, last_time: float | None) -> Rejected | None:
+        """``too_frequent`` if a fix at ``time`` follows one at ``last_time`` too closely."""
+        if last_time is None or time - last_time >= self.min_spacing_s:
+            return None
+        return Rejected(
+            "too_frequent",
+            f"fix at {time!r} only {(time - last_time) * 1000:.0f} ms of fix time after the last "
+            f"(at most {self.max_rate_hz:g} fixes per second)",
+        )
+
     def _sequence(self, msg: PositionMessage) -> PositionMessage | Rejected:
         last = self._last.get(msg.vehicle)
         if last is not None:
@@ -568,11 +668,53 @@ class PositionReader:
                 if msg.seq <= last_seq:
                     return Rejected("duplicate", f"seq {msg.seq} (last {last_seq})")
                 return Rejected("time_backwards", f"time {msg.time!r} (last {last_time!r})")
+            too_close = self.spacing(msg.time, last_time)
+            if too_close is not None:
+                return too_close
         self._last[msg.vehicle] = (msg.seq, msg.time)
         return msg
+
+    def _status_order(self, msg: StatusMessage, last: StatusMessage | None) -> Rejected | None:
+        """Why an "on" must be dropped, or None."""
+        ahead = msg.time - self.clock.now()
+        if ahead > self.max_future_s:
+            return Rejected(
+                "from_future",
+                f"status ON at {msg.time!r} is {ahead:.1f} s ahead of this clock (at most "
+                f"{self.max_future_s} s): check the unit's clock",
+            )
+        if last is None or msg == last:
+            return None
+        if msg.seq is not None and last.seq is not None:
+            if msg.seq > last.seq:
+                return None
+            return Rejected(
+                "duplicate",
+                f"status ON with seq {msg.seq} after {_on_off(last.emergency)} with seq "
+                f"{last.seq} on the same connection: a replay or a redelivery",
+            )
+        if msg.time < last.time:
+            return Rejected(
+                "time_backwards",
+                f"status ON at {msg.time!r} before the last status ({_on_off(last.emergency)} "
+                f"at {last.time!r}) and no sequence number to tell: check the unit's clock",
+            )
+        return None
+
+    @staticmethod
+    def _out_of_order(msg: StatusMessage, last: StatusMessage) -> bool:
+        if msg == last:
+            return False
+        if msg.seq is not None and last.seq is not None:
+            return msg.seq <= last.seq
+        return msg.time < last.time
 
     def _tally(self, msg: object, kind: str) -> None:
         if isinstance(msg, Rejected):
             self.dropped[msg.reason] += 1
         else:
             self.accepted[kind] += 1
+
+
+def _on_off(emergency: bool) -> str:
+    return "ON" if emergency else "OFF"

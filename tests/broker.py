@@ -9,6 +9,13 @@ keeps its ports across :meth:`MosquittoBroker.stop` and
 back mid-stream; with ``persistence`` the broker keeps retained messages and
 persistent sessions over such a restart (it saves its database on SIGTERM).
 
+:meth:`MosquittoBroker.shipped` runs the production configuration instead,
+config/mosquitto/mosquitto.conf as shipped, with only its listener (a free
+port of 127.0.0.1), its file paths and its user replaced
+(:func:`render_shipped_config`), on certificates, passwords and the ACL made
+by the shipped config/mosquitto/make-pki (:func:`make_fleet_pki`): what ships
+is what the tests run.
+
 Nothing here touches an address other than 127.0.0.1.
 """
 
@@ -32,20 +39,27 @@ from .realparts import LOOPBACK, Managed, RealProcess, free_port
 
 __all__ = [
     "HOST",
+    "SHIPPED_CONFIG_DIR",
+    "Account",
+    "FleetPki",
     "MosquittoBroker",
     "TlsFiles",
     "eventually",
     "free_port",
     "in_time",
+    "make_fleet_pki",
     "make_password_file",
     "make_tls_files",
+    "render_shipped_config",
     "require_mosquitto",
     "require_openssl",
     "require_passwd",
+    "run_make_pki",
     "running_broker",
 ]
 
 HOST = LOOPBACK
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
 )
@@ -152,6 +166,115 @@ def make_password_file(path: Path, users: Mapping[str, str]) -> Path:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One broker account made by make-pki: user name, password, client certificate."""
+
+    name: str
+    kind: str  # vehicle, operator or service
+    password: str
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPki:
+    """What config/mosquitto/make-pki made in ``directory``."""
+
+    directory: Path
+    output: str  # what the script printed
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def passwords(self) -> Path:
+        return self.directory / "passwords"
+
+    @property
+    def acl(self) -> Path:
+        return self.directory / "acl"
+
+    def account(self, name: str) -> Account:
+        for kind in ("vehicle", "operator", "service"):
+            base = self.directory / kind / name
+            if base.with_suffix(".password").is_file():
+                return Account(
+                    name=name,
+                    kind=kind,
+                    password=base.with_suffix(".password").read_text().strip(),
+                    cert=base.with_suffix(".crt"),
+                    key=base.with_suffix(".key"),
+                )
+        raise KeyError(f"make-pki made no account {name!r} in {self.directory}")
+
+
+def run_make_pki(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The shipped script as an administrator runs it (through /bin/sh: POSIX sh)."""
+    require_openssl()
+    require_passwd()
+    return subprocess.run(
+        ["/bin/sh", str(SHIPPED_CONFIG_DIR / "make-pki"), str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def make_fleet_pki(
+    directory: Path,
+    *,
+    vehicles: tuple[str, ...] = (),
+    operators: tuple[str, ...] = (),
+    hosts: tuple[str, ...] = (),
+) -> FleetPki:
+    """CA, server certificate, accounts, password file and ACL by config/mosquitto/make-pki."""
+    args: list[str] = []
+    for flag, names in (("--host", hosts), ("--vehicle", vehicles), ("--operator", operators)):
+        for name in names:
+            args += [flag, name]
+    done = run_make_pki(directory, *args)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"config/mosquitto/make-pki {directory} {' '.join(args)} failed "
+            f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-1000:]}"
+        )
+    return FleetPki(directory, done.stdout)
+
+
+def render_shipped_config(pki: FleetPki, workdir: Path, port: int) -> str:
+    """config/mosquitto/mosquitto.conf with only the listener, the paths and the user replaced.
+
+    Each replaced line must be in the shipped file exactly once: a change there
+    that this rendering does not know fails here, rather than silently testing
+    something else.
+    """
+    text = (SHIPPED_CONFIG_DIR / "mosquitto.conf").read_text()
+    replacements = {
+        # As root, mosquitto would switch to the user 'mosquitto', who cannot read the
+        # temp dir; as anyone else the option is ignored.
+        "\nuser mosquitto\n": f"\nuser {getpass.getuser()}\n",
+        "\nlistener 8883\n": f"\nlistener {port} {HOST}\n",
+        "\npersistence_location /var/lib/mosquitto/\n": f"\npersistence_location {workdir}/\n",
+    }
+    for old, new in replacements.items():
+        if text.count(old) != 1:
+            raise AssertionError(
+                f"{SHIPPED_CONFIG_DIR / 'mosquitto.conf'} no longer has the line {old.strip()!r} "
+                "exactly once: update render_shipped_config in tests/broker.py"
+            )
+        text = text.replace(old, new)
+    paths = "/etc/mosquitto/preemption/"
+    lines = text.splitlines(keepends=True)
+    settings = [k for k, line in enumerate(lines) if paths in line and not line.startswith("#")]
+    if len(settings) != 5:  # password_file, acl_file, cafile, certfile, keyfile
+        raise AssertionError(f"the shipped mosquitto.conf no longer keeps its 5 files in {paths}")
+    for k in settings:
+        lines[k] = lines[k].replace(paths, f"{pki.directory}/")
+    return "".join(lines)
+
+
 class MosquittoBroker(Managed):
     """One mosquitto process on 127.0.0.1 that can be stopped and started on the same ports."""
 
@@ -164,22 +287,10 @@ class MosquittoBroker(Managed):
         require_client_cert: bool = False,
         persistence: bool = True,
     ) -> None:
-        self.binary = require_mosquitto()
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.host = HOST
-        self.port = free_port()
-        self.tls_port = free_port() if tls is not None else None
+        port = free_port()
+        tls_port = free_port() if tls is not None else None
         self.tls = tls
-        self.log_path = workdir / "mosquitto.log"
-        self.config_path = workdir / "mosquitto.conf"
-        # Tests stop and start it from worker threads (asyncio.to_thread): no death signal.
-        self._process = RealProcess(
-            [self.binary, "-c", str(self.config_path)],
-            "mosquitto",
-            self.log_path,
-            die_with_parent=False,
-        )
         lines = [
             # Running as root, mosquitto would switch to the user 'mosquitto', who cannot
             # read this temp dir; as anyone else the option is ignored.
@@ -199,17 +310,47 @@ class MosquittoBroker(Managed):
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
             lines += ["allow_anonymous true"]
-        lines += ["", f"listener {self.port} {HOST}"]
+        lines += ["", f"listener {port} {HOST}"]
         if tls is not None:
             lines += [
                 "",
-                f"listener {self.tls_port} {HOST}",
+                f"listener {tls_port} {HOST}",
                 f"cafile {tls.ca}",
                 f"certfile {tls.server_cert}",
                 f"keyfile {tls.server_key}",
                 f"require_certificate {'true' if require_client_cert else 'false'}",
             ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self._setup(workdir, port, tls_port, "\n".join(lines) + "\n")
+
+    @classmethod
+    def shipped(cls, workdir: Path, pki: FleetPki) -> MosquittoBroker:
+        """The shipped config/mosquitto/mosquitto.conf on ``pki``: one TLS listener.
+
+        Its port is both :attr:`port` and :attr:`tls_port`; there is no plain listener.
+        """
+        broker = cls.__new__(cls)
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        broker.tls = None
+        broker._setup(workdir, port, port, render_shipped_config(pki, workdir, port))
+        return broker
+
+    def _setup(self, workdir: Path, port: int, tls_port: int | None, config: str) -> None:
+        self.binary = require_mosquitto()
+        self.workdir = workdir
+        self.host = HOST
+        self.port = port
+        self.tls_port = tls_port
+        self.log_path = workdir / "mosquitto.log"
+        self.config_path = workdir / "mosquitto.conf"
+        self.config_path.write_text(config)
+        # Tests stop and start it from worker threads (asyncio.to_thread): no death signal.
+        self._process = RealProcess(
+            [self.binary, "-c", str(self.config_path)],
+            "mosquitto",
+            self.log_path,
+            die_with_parent=False,
+        )
 
     @property
     def running(self) -> bool:
@@ -224,7 +365,7 @@ class MosquittoBroker(Managed):
             return
         self._process.start()
         deadline = time.monotonic() + timeout
-        ports = [p for p in (self.port, self.tls_port) if p is not None]
+        ports = sorted({p for p in (self.port, self.tls_port) if p is not None})
         while ports:
             if not self._process.alive:
                 raise RuntimeError(

@@ -32,6 +32,8 @@ from gps.mqtt import (
     MqttFixSource,
     TopicKind,
     VehicleStatus,
+    accepts_anonymous,
+    insecurities,
     topic_for,
 )
 from gps.position_json import (
@@ -49,7 +51,7 @@ from gps.position_json import (
 from preemption.kernel.clock import RealClock, SimClock
 from preemption.kernel.model import Fix, FixQuality
 
-from .broker import HOST, MosquittoBroker, eventually
+from .broker import HOST, MosquittoBroker, eventually, free_port
 
 PREFIX = "preemption/v1/vehicles"
 NOW = 1_764_331_200.0  # 2025-11-28T12:00:00Z
@@ -251,15 +253,213 @@ def test_the_reader_drops_stale_future_duplicate_and_backward_positions() -> Non
     assert reader.accepted == Counter(position=5)
 
 
-def test_status_may_be_old_but_not_out_of_order() -> None:
-    reader = PositionReader(SimClock(NOW), max_age_s=30.0)
-    on = StatusMessage("HLF1", NOW - 3600, True, StatusSource.DISPATCH).encode()
-    off = StatusMessage("HLF1", NOW - 3700, False, StatusSource.DISPATCH).encode()
-    assert isinstance(reader.status(on, "HLF1"), StatusMessage)  # retained from an hour ago
-    assert isinstance(reader.status(on, "HLF1"), StatusMessage)  # redelivered: same state
-    assert reader.status(off, "HLF1") == Rejected(
-        "time_backwards", f"status time {NOW - 3700!r} before {NOW - 3600!r}"
+def test_positions_closer_than_the_rate_allows_are_too_frequent() -> None:
+    reader = PositionReader(SimClock(NOW), max_rate_hz=20.0)
+    times = [NOW - 5 + 0.05 * k for k in range(5)]  # a 20 Hz receiver: exactly at the limit
+    assert all(
+        isinstance(reader.position(position(k, t=t), "HLF1"), PositionMessage)
+        for k, t in enumerate(times)
     )
+    assert reader.position(position(5, t=times[-1] + 0.01), "HLF1") == Rejected(
+        "too_frequent", "fix at 1764331195.21 only 10 ms of fix time after the last (at most "
+        "20 fixes per second)"
+    )  # fmt: skip
+    # Judged from the last accepted fix: the next one 50 ms after it is fine again.
+    assert isinstance(reader.position(position(6, t=times[-1] + 0.05), "HLF1"), PositionMessage)
+    assert reader.dropped == Counter(too_frequent=1)
+    with pytest.raises(ValueError, match="max_rate_hz must be a finite number > 0"):
+        PositionReader(SimClock(NOW), max_rate_hz=0.0)
+
+
+# -- the order of statuses -------------------------------------------------------------
+
+
+def status(emergency: bool, t: float, seq: int | None = None, vehicle: str = "HLF1") -> bytes:
+    return StatusMessage(vehicle, t, emergency, StatusSource.BLUE_LIGHTS, seq).encode()
+
+
+def link(online: bool, vehicle: str = "HLF1", t: float | None = NOW) -> bytes:
+    return LinkMessage(vehicle, online, t).encode()
+
+
+def emergencies(statuses: list[VehicleStatus]) -> list[bool]:
+    return [s.emergency for s in statuses if isinstance(s, StatusMessage)]
+
+
+@pytest.mark.parametrize("seqs", [(None, None), (0, 1)], ids=["unit without seq", "with seq"])
+def test_blue_lights_off_is_applied_after_the_units_clock_stepped_back(
+    seqs: tuple[int | None, int | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The finding: status judged on the unit's clock; after it stepped back, "off" was
+    dropped as time_backwards and the vehicle's signals stayed requested."""
+    statuses: list[VehicleStatus] = []
+    src = source(on_status=statuses.append)
+    topic = topic_for(PREFIX, "HLF1", TopicKind.STATUS)
+    src.handle(topic, status(True, NOW, seqs[0]))
+    # NTP corrects the unit's clock by 90 s, then the driver switches the blue lights off.
+    src.handle(topic, status(False, NOW - 89, seqs[1]))
+    assert emergencies(statuses) == [True, False]
+    assert src.status["HLF1"].emergency is False
+    assert src.dropped == Counter()
+    # Without seq the "off" looks older than the "on", and the log says so; with seq it is
+    # plainly the next status.
+    assert ("emergency OFF taken although it looks older" in caplog.text) == (seqs[0] is None)
+
+
+def test_status_is_ordered_by_sequence_number_not_by_the_units_clock() -> None:
+    statuses: list[VehicleStatus] = []
+    src = source(on_status=statuses.append, max_future_s=5.0)
+    topic = topic_for(PREFIX, "HLF1", TopicKind.STATUS)
+    feed = [
+        status(True, NOW, 0),
+        status(False, NOW - 90, 1),  # the unit's clock stepped back by 90 s
+        status(True, NOW - 80, 2),  # a new run: newer by its seq, whatever its time says
+        status(True, NOW - 80, 2),  # the same message again (retained, sent on reconnect)
+        status(True, NOW, 0),  # a replay of the first "on"
+        status(True, NOW + 60, 3),  # an "on" a minute in the future: a wrong clock
+        status(False, NOW + 60, 4),  # an "off" from the future is taken all the same
+        status(False, NOW - 3600, 1),  # and so is an "off" that looks old
+    ]
+    for payload in feed:
+        src.handle(topic, payload)
+    assert emergencies(statuses) == [True, False, True, True, False, False]
+    assert src.dropped_by_vehicle == {"HLF1": Counter(duplicate=1, from_future=1)}
+    assert src.status["HLF1"] == StatusMessage(
+        "HLF1", NOW - 3600, False, StatusSource.BLUE_LIGHTS, 1
+    )
+    assert_books_balance(src)
+
+
+def test_units_without_seq_are_still_read_and_ordered_by_their_time() -> None:
+    statuses: list[VehicleStatus] = []
+    src = source(on_status=statuses.append)
+    topic = topic_for(PREFIX, "HLF1", TopicKind.STATUS)
+    for payload in (
+        status(True, NOW - 10),
+        status(True, NOW - 10),  # retained, redelivered: the same state again
+        status(True, NOW - 20),  # an "on" older than the last status: time_backwards
+        status(False, NOW - 30),  # an "off" is taken, whatever its time...
+        status(True, NOW - 25),  # ... and the next "on" is judged against it
+    ):
+        src.handle(topic, payload)
+    assert emergencies(statuses) == [True, True, False, True]
+    assert src.dropped == Counter(time_backwards=1)
+    assert b'"seq"' not in status(True, NOW)  # the old wire format, exactly
+    assert_books_balance(src)
+
+
+def test_a_restarted_unit_with_a_clock_behind_starts_a_new_order_with_online() -> None:
+    """A restart counts from seq 0 again, perhaps on a clock that is now behind: every
+    connection starts with "online", which starts the order afresh."""
+    statuses: list[VehicleStatus] = []
+    src = source(on_status=statuses.append)
+    status_topic = topic_for(PREFIX, "HLF1", TopicKind.STATUS)
+    link_topic = topic_for(PREFIX, "HLF1", TopicKind.LINK)
+    src.handle(link_topic, link(True))
+    src.handle(status_topic, status(True, NOW, 0))
+    src.handle(status_topic, status(False, NOW + 1, 1))
+    src.handle(link_topic, link(False, t=None))  # the will: the unit vanished
+    src.handle(link_topic, link(True, t=NOW - 600))  # back, its clock ten minutes behind
+    src.handle(status_topic, status(True, NOW - 600, 0))
+    assert emergencies(statuses) == [True, False, True]
+    assert src.dropped == Counter()
+    # Without the "online" the same "on" would be a replay.
+    replayed = source()
+    replayed.handle(status_topic, status(False, NOW + 1, 1))
+    replayed.handle(status_topic, status(True, NOW - 600, 0))
+    assert replayed.dropped == Counter(duplicate=1)
+
+
+def test_every_dropped_status_is_logged_with_vehicle_reason_and_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src = source()
+    topic = topic_for(PREFIX, "HLF1", TopicKind.STATUS)
+    with caplog.at_level(logging.WARNING, logger="gps.mqtt"):
+        for k in range(3):
+            src.handle(topic, status(True, NOW + 100 + k, k))  # all from the future
+    drops = [r.getMessage() for r in caplog.records if r.name == "gps.mqtt"]
+    assert len(drops) == 3, drops
+    for k, message in enumerate(drops):
+        assert "vehicle 'HLF1'" in message
+        assert "from_future" in message
+        assert f"status ON at {NOW + 100 + k!r} is {100 + k}.0 s ahead" in message
+
+
+def test_an_off_from_a_unit_whose_clock_reads_1980_is_taken_an_on_is_not() -> None:
+    reader = PositionReader(SimClock(NOW))
+    assert reader.status(status(True, NOW), "HLF1") == StatusMessage(
+        "HLF1", NOW, True, StatusSource.BLUE_LIGHTS
+    )
+    off_1980 = reader.status(status(False, 315_532_800.0, 9), "HLF1")
+    assert isinstance(off_1980, StatusMessage)
+    assert off_1980.emergency is False
+    on_1980 = reader.status(status(True, 315_532_800.0, 10), "HLF1")
+    assert isinstance(on_1980, Rejected)
+    assert on_1980.reason == "impossible_time"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (status(True, NOW, 1).replace(b'"seq":1', b'"seq":-1'), "wrong_schema"),
+        (status(True, NOW, 1).replace(b'"seq":1', b'"seq":1.0'), "wrong_schema"),
+        (status(True, NOW, 1).replace(b'"seq":1', b'"seq":null'), "wrong_schema"),
+        (status(True, NOW, 1).replace(b'"seq":1', b'"seq":1,"x":2'), "wrong_schema"),
+        (status(True, NOW).replace(b',"source":"blue_lights"', b""), "wrong_schema"),
+        (status(True, NOW, 1).replace(b"1764331200.0", b"1e999"), "impossible_time"),
+        (status(False, NOW, 1).replace(b"1764331200.0", b"1e999"), "impossible_time"),
+        (status(True, NOW, 1, vehicle="DLK1"), "vehicle_mismatch"),
+    ],
+)
+def test_bad_statuses_are_rejected_with_their_reason(payload: bytes, reason: str) -> None:
+    result = PositionReader(SimClock(NOW)).status(payload, "HLF1")
+    assert isinstance(result, Rejected), result
+    assert result.reason == reason
+
+
+STATUS_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("status"),
+            st.booleans(),
+            st.floats(min_value=-7200, max_value=7200),  # the unit's clock, any step
+            st.none() | st.integers(min_value=0, max_value=20),
+        ),
+        st.tuples(st.just("link"), st.booleans(), st.just(0.0), st.none()),
+        st.tuples(st.just("junk"), st.booleans(), st.just(0.0), st.none()),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=300)
+@given(events=STATUS_EVENTS)
+def test_fuzzed_status_streams_never_lose_an_off_and_take_no_on_from_the_future(
+    events: list[tuple[str, bool, float, int | None]],
+) -> None:
+    statuses: list[VehicleStatus] = []
+    src = source(on_status=statuses.append, max_future_s=5.0)
+    for kind, flag, offset, seq in events:
+        before = len(statuses)
+        if kind == "status":
+            src.handle(topic_for(PREFIX, "HLF1", TopicKind.STATUS), status(flag, NOW + offset, seq))
+            taken = [s for s in statuses[before:] if isinstance(s, StatusMessage)]
+            if not flag:  # an "off" is always taken, and is the status now
+                assert [(s.emergency, s.time) for s in taken] == [(False, NOW + offset)]
+                assert src.status["HLF1"].emergency is False
+            elif taken:
+                assert taken[0].time <= NOW + 5.0
+        elif kind == "link":
+            src.handle(topic_for(PREFIX, "HLF1", TopicKind.LINK), link(flag))
+        else:
+            src.handle(topic_for(PREFIX, "HLF1", TopicKind.STATUS), b'{"v":1,"emergency":false}')
+        if "HLF1" in src.status:
+            last = [s for s in statuses if isinstance(s, StatusMessage)][-1]
+            assert src.status["HLF1"] == last  # what the source holds is the last taken
+    assert set(src.dropped) <= {"from_future", "duplicate", "time_backwards", "wrong_schema"}
+    assert_books_balance(src)
 
 
 # -- the source, message by message (no broker) -------------------------------------
@@ -339,6 +539,122 @@ def test_stale_nmea_is_dropped_and_counted_per_vehicle() -> None:
     assert_books_balance(src)
 
 
+# -- rate limits per vehicle -------------------------------------------------------------
+
+
+def test_a_600_position_backlog_delivered_at_once_is_not_rate_limited() -> None:
+    """The onboard unit drains ten minutes of store-and-forward buffer as fast as the broker
+    takes it: every one of those fixes, the newest above all, must come through."""
+    clock = SimClock(NOW)
+    src = source(clock, max_age_s=700.0)
+    topic = topic_for(PREFIX, "HLF1", TopicKind.POSITION)
+    backlog = [position(k, t=NOW - 600 + k) for k in range(600)]  # 1 Hz, 10 minutes
+    got = [f for payload in backlog for f in src.handle(topic, payload)]  # all at one instant
+    assert [f.time for f in got] == [NOW - 600 + k for k in range(600)]
+    assert src.dropped == Counter()
+    # ... and the live positions after it, at the unit's 1 Hz, keep coming through.
+    for k in range(120):
+        clock.advance(1.0)
+        assert len(src.handle(topic, position(600 + k, t=NOW + k))) == 1
+    assert src.dropped == Counter()
+
+
+@settings(max_examples=100)
+@given(
+    size=st.integers(min_value=1, max_value=1500),
+    rate_hz=st.sampled_from([1.0, 5.0, 10.0, 20.0]),
+    arrival_gap_s=st.sampled_from([0.0, 0.0001, 0.001]),
+)
+def test_any_backlog_within_the_burst_at_a_legitimate_rate_passes_whole(
+    size: int, rate_hz: float, arrival_gap_s: float
+) -> None:
+    clock = SimClock(NOW)
+    src = source(clock, vehicles=("HLF1",), max_age_s=3600.0, max_rate_hz=20.0)
+    topic = topic_for(PREFIX, "HLF1", TopicKind.POSITION)
+    start = NOW - size / rate_hz
+    for k in range(size):
+        clock.advance(arrival_gap_s)
+        src.handle(topic, position(k, t=start + k / rate_hz))
+    assert src.accepted["position"] == size
+    assert src.dropped == Counter()
+
+
+def test_a_flood_is_dropped_undecoded_and_other_vehicles_are_untouched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = SimClock(NOW)
+    src = source(clock, arrival_burst=1500, max_rate_hz=20.0)
+    flood_topic = topic_for(PREFIX, "HLF1", TopicKind.POSITION)
+    other = topic_for(PREFIX, "DLK1", TopicKind.POSITION)
+    forged = position(1, t=NOW)
+    with caplog.at_level(logging.WARNING, logger="gps.mqtt"):
+        for k in range(20_000):
+            src.handle(flood_topic, forged)
+            if k % 1000 == 0:  # the other engine, once a second of its own fix time
+                assert len(src.handle(other, position(k, "DLK1", t=NOW - 20 + k / 1000))) == 1
+    flood = src.dropped_by_vehicle["HLF1"]
+    assert flood["rate_limited"] == 20_000 - 1500
+    assert flood["duplicate"] == 1499  # the burst's worth got to the decoder, no more
+    assert src.reader.accepted["position"] + src.reader.dropped["duplicate"] == 1500 + 20
+    assert "DLK1" not in src.dropped_by_vehicle
+    assert src.accepted["position"] == 1 + 20
+    limited = [r for r in caplog.records if "rate_limited" in r.getMessage()]
+    assert len(limited) == 1  # logged once per vehicle and reason, then counted
+    assert "HLF1" in limited[0].getMessage()
+    # The cap refills at twice max_rate_hz: a second later, 40 more reach the decoder.
+    clock.advance(1.0)
+    decoded_before = sum(src.reader.dropped.values()) + sum(src.reader.accepted.values())
+    for _ in range(100):
+        src.handle(flood_topic, forged)
+    decoded = sum(src.reader.dropped.values()) + sum(src.reader.accepted.values())
+    assert decoded - decoded_before == 40
+    assert_books_balance(src)
+
+
+def test_a_flood_cannot_hold_back_the_end_of_a_run_but_can_hold_back_its_start() -> None:
+    statuses: list[VehicleStatus] = []
+    clock = SimClock(NOW)
+    src = source(clock, arrival_burst=10, on_status=statuses.append)
+    t = topic_for
+    src.handle(t(PREFIX, "HLF1", TopicKind.LINK), link(True))
+    src.handle(t(PREFIX, "HLF1", TopicKind.STATUS), status(True, NOW, 0))
+    for _ in range(50):  # the cap is used up
+        src.handle(t(PREFIX, "HLF1", TopicKind.POSITION), position(1, t=NOW))
+    src.handle(t(PREFIX, "HLF1", TopicKind.STATUS), status(True, NOW, 1))  # no change: capped
+    src.handle(t(PREFIX, "HLF1", TopicKind.STATUS), status(False, NOW, 2))  # ends the run
+    src.handle(t(PREFIX, "HLF1", TopicKind.STATUS), status(False, NOW, 3))  # no change: capped
+    src.handle(t(PREFIX, "HLF1", TopicKind.STATUS), status(True, NOW, 4))  # a start: capped
+    src.handle(t(PREFIX, "HLF1", TopicKind.LINK), link(False, t=None))  # the will: taken
+    src.handle(t(PREFIX, "HLF1", TopicKind.LINK), link(False, t=None))  # again: capped
+    assert emergencies(statuses) == [True, False]
+    assert [s.online for s in statuses if isinstance(s, LinkMessage)] == [True, False]
+    assert src.online["HLF1"] is False
+    # The link and status took 2 of the 10, 8 positions the rest: 42 positions and 4 capped.
+    assert src.dropped_by_vehicle["HLF1"]["rate_limited"] == 42 + 4
+    assert_books_balance(src)
+
+
+def test_nmea_fixes_closer_than_the_rate_allows_are_dropped() -> None:
+    src = source(max_rate_hz=1.0)
+    topic = topic_for(PREFIX, "DLK1", TopicKind.NMEA)
+    got = [f for k in range(6) for f in src.handle(topic, nmea_epoch(NOW - 10 + k // 2))]
+    # Six epochs, two per second of fix time: the NMEA decoder drops the repeats of a
+    # second as duplicate epochs, and nothing is left for the limit at 1 Hz...
+    assert [f.time for f in got] == [NOW - 10, NOW - 9, NOW - 8]
+    fast = source(max_rate_hz=0.5)  # ... which at 0.5 Hz keeps every other second.
+    got = [f for k in range(4) for f in fast.handle(topic, nmea_epoch(NOW - 10 + k))]
+    assert [f.time for f in got] == [NOW - 10, NOW - 8]
+    assert fast.dropped_by_vehicle["DLK1"] == Counter(nmea_too_frequent=2)
+    assert_books_balance(fast)
+
+
+def test_rate_limit_settings_are_checked() -> None:
+    with pytest.raises(BrokerConfigError, match=r"max_rate_hz 0\.0 must be a finite number > 0"):
+        source(max_rate_hz=0.0)
+    with pytest.raises(BrokerConfigError, match="arrival_burst 0 must be a whole number >= 1"):
+        source(arrival_burst=0)
+
+
 def test_bad_settings_are_refused_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(BrokerConfigError, match=r"port 0 is not in 1\.\.65535"):
         BrokerSettings("127.0.0.1", 0)
@@ -351,6 +667,44 @@ def test_bad_settings_are_refused_with_a_clear_message(tmp_path: Path) -> None:
         source(vehicles=("a/b",))
     with pytest.raises(BrokerConfigError, match="persistent MQTT session needs a fixed client_id"):
         source(persistent_session=True)
+
+
+def test_the_settings_say_what_they_secure_and_insecurities_what_they_leave_open(
+    tmp_path: Path,
+) -> None:
+    ca, cert = tmp_path / "ca.crt", tmp_path / "client.crt"
+    plain = BrokerSettings("127.0.0.1")
+    assert (plain.verifies_broker, plain.authenticates_client, plain.secure) == (False,) * 3
+    found = insecurities(plain)
+    assert len(found) == 2
+    assert found[0].startswith("no TLS to broker 127.0.0.1:1883 (plain TCP): positions, status")
+    assert "credentials travel in clear" in found[0]
+    assert found[1].startswith("no client credentials for broker 127.0.0.1:1883 (plain TCP)")
+    assert "publish as a fire engine" in found[1]
+
+    full = BrokerSettings("h", 8883, username="u", password="p", tls_ca=ca)
+    assert (full.verifies_broker, full.authenticates_client, full.secure) == (True,) * 3
+    assert insecurities(full) == []
+    by_cert = BrokerSettings("h", 8883, tls=True, tls_cert=cert)
+    assert by_cert.authenticates_client
+    assert insecurities(by_cert) == []
+
+    password_in_clear = BrokerSettings("h", username="u", password="p")
+    assert password_in_clear.authenticates_client
+    assert not password_in_clear.verifies_broker
+    assert [s[:6] for s in insecurities(password_in_clear)] == ["no TLS"]
+    no_password = BrokerSettings("h", username="u", tls=True)
+    assert not no_password.authenticates_client
+    assert insecurities(no_password) == [
+        "no client credentials for broker h:1883 (TLS) (user 'u' has no password): the broker "
+        "cannot tell this client from anybody else, and a broker that lets it in lets anyone "
+        "publish as a fire engine; set username and password, or a client certificate "
+        "(tls_cert, tls_key)"
+    ]
+    unused_cert = BrokerSettings("h", tls_cert=cert)  # a certificate, but TLS is off
+    assert not unused_cert.authenticates_client
+    assert any(f"client certificate ({cert}) is configured but TLS is off" in s
+               for s in insecurities(unused_cert))  # fmt: skip
 
 
 def test_reconnect_delays_double_with_jitter_and_wait_long_for_a_person() -> None:
@@ -639,3 +993,34 @@ async def test_the_right_password_gets_in(tmp_path: Path) -> None:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.integration
+async def test_a_broker_that_allows_anonymous_clients_is_found_out(broker: MosquittoBroker) -> None:
+    settings_ = BrokerSettings(HOST, broker.port, username="any", password="thing")
+    assert await accepts_anonymous(settings_) is True  # probed without the credentials
+    assert "preemption-anonymous-probe-" in broker.log_text()
+
+
+@pytest.mark.integration
+async def test_a_broker_with_passwords_refuses_the_anonymous_probe(tmp_path: Path) -> None:
+    with MosquittoBroker(tmp_path / "auth", users={"central": "right"}) as broker:
+        settings_ = BrokerSettings(HOST, broker.port, username="central", password="right")
+        assert await accepts_anonymous(settings_) is False
+
+
+async def test_the_anonymous_probe_cannot_tell_without_a_broker() -> None:
+    nobody = BrokerSettings(HOST, free_port())  # nothing listens: refused at once
+    assert await accepts_anonymous(nobody) is None
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)  # takes the CONNECT and never answers
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        started = asyncio.get_running_loop().time()
+        assert await accepts_anonymous(BrokerSettings(HOST, port), timeout_s=0.3) is None
+        assert asyncio.get_running_loop().time() - started < 2.0

@@ -426,3 +426,68 @@ async def test_a_stopped_forwarder_says_offline_itself(broker: MosquittoBroker) 
     assert isinstance(last, LinkMessage)
     assert last.time is not None  # its own goodbye, not the will
     assert central.source.status[ENGINE].emergency is False
+
+
+class SteppingClock(RealClock):
+    """Wall time that a test can step, as NTP or a GNSS time fix steps a unit's clock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+
+@pytest.mark.integration
+async def test_blue_lights_off_reaches_the_centre_after_the_units_clock_stepped_back(
+    broker: MosquittoBroker,
+) -> None:
+    """The finding, end to end: the unit's clock steps back an hour between "on" and "off";
+    the centre must apply the "off" (it used to drop it as time_backwards)."""
+    unit_clock = SteppingClock()
+    async with Central(BrokerSettings(HOST, broker.port)) as central:
+        forwarder = OnboardForwarder(onboard_settings(broker.port), unit_clock)
+        feed, lights = Feed(), Feed()
+        run = asyncio.create_task(forwarder.run(fixes_of(feed), bools_of(lights)))
+        lights.put(True)
+        await eventually(lambda: central.source.status.get(ENGINE) is not None, "on")
+        unit_clock.offset = -3600.0
+        lights.put(False)
+        await eventually(
+            lambda: central.source.status[ENGINE].emergency is False,
+            "the blue lights off at the centre",
+            diagnostics=lambda: f"dropped {central.source.dropped}",
+        )
+        lights.put(True)  # and a new run after the step is taken too
+        await eventually(lambda: central.source.status[ENGINE].emergency is True, "on again")
+        feed.end()
+        await in_time(run, "the forwarder to finish")
+    statuses = [s for s in central.statuses if isinstance(s, StatusMessage)]
+    assert [(s.emergency, s.seq) for s in statuses] == [(True, 0), (False, 1), (True, 2)]
+    assert statuses[1].time < statuses[0].time  # the "off" did carry the stepped time
+    assert central.source.dropped == Counter()
+
+
+@pytest.mark.integration
+async def test_the_status_is_sent_again_on_reconnect_with_its_own_sequence_number(
+    broker: MosquittoBroker,
+) -> None:
+    async with Central(BrokerSettings(HOST, broker.port), client_id="central-seq",
+                       persistent_session=True) as central:  # fmt: skip
+        forwarder = OnboardForwarder(onboard_settings(broker.port), RealClock())
+        feed, lights = Feed(), Feed()
+        run = asyncio.create_task(forwarder.run(fixes_of(feed), bools_of(lights)))
+        lights.put(True)
+        await eventually(lambda: len(central.statuses) >= 2, "online and the status")
+        await asyncio.to_thread(broker.restart)
+        await eventually(lambda: forwarder.link.connects == 2, "the forwarder to reconnect")
+        await eventually(
+            lambda: sum(isinstance(s, StatusMessage) for s in central.statuses) >= 2,
+            "the status again",
+            within_s=15.0,
+        )
+        feed.end()
+        await in_time(run, "the forwarder to finish")
+    statuses = [s for s in central.statuses if isinstance(s, StatusMessage)]
+    assert {(s.emergency, s.seq) for s in statuses} == {(True, 0)}  # the same message again
+    assert central.source.dropped == Counter()
