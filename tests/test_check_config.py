@@ -513,4 +513,4 @@ def test_a_fleet_feed_anyone_could_forge_is_refused_unless_marked_insecure(
     assert main(["check-config", str(write(tmp_path, GOOD + plain + "insecure = true\n"))]) == 0
     out = capsys.readouterr().out
     assert "warning:" in out
-    assert "could publish positions as a fire engine" in out
+    assert "publish as a fire engine" in out

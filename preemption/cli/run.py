@@ -30,7 +30,12 @@ from preemption.service import hotpath
 from preemption.service.daemon import Daemon
 from preemption.service.journal import Journal
 from preemption.service.systemd import Notifier
-from preemption.service.wiring import build, check_fleet_security, sources
+from preemption.service.wiring import (
+    build,
+    check_fleet_security,
+    probe_fleet_brokers,
+    sources,
+)
 from signal_adapters import registry
 
 log = logging.getLogger("preemption.run")
@@ -87,6 +92,8 @@ async def _serve(dep: Deployment, daemon: Daemon, journal: Journal, emergency: l
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    for warning in await probe_fleet_brokers(dep):
+        log.warning("%s", warning)
     for vehicle in emergency:
         daemon.set_emergency(vehicle, True, "dispatch")
     daemon.recover(journal.leftovers())

@@ -545,7 +545,24 @@ _BAUD = Within(
     integer=True,
 )
 _FEED_RATE = Within(
-    1, 100, "Hz", ("messages per vehicle and second; receivers send 1 to 20 Hz, more is a flood")
+    1,
+    100,
+    "Hz",
+    (
+        "fixes per vehicle and second of the fixes' own time (a backlog keeps its spacing); "
+        "receivers send 1 to 20 Hz, more is a flood"
+    ),
+)
+_FEED_BURST = Within(
+    100,
+    100_000,
+    "messages",
+    (
+        "what one vehicle may send at once before its messages are dropped unread; an onboard "
+        "unit drains its whole store-and-forward buffer (buffer_size, 600 by default) after an "
+        "outage, so this must be larger than the fleet's buffer_size"
+    ),
+    integer=True,
 )
 _FEED_AGE = Within(
     0,
@@ -604,7 +621,9 @@ class MqttFleetSource(_Strict):
     # Without TLS and credentials anyone on the network can publish as a fire engine;
     # the daemon refuses such a feed unless this is set (and says so at every start).
     insecure: Annotated[bool, Field(strict=True)] = False
-    max_rate_hz: Annotated[float, _FEED_RATE] = 20.0  # messages per vehicle and second
+    max_rate_hz: Annotated[float, _FEED_RATE] = 20.0  # fixes per vehicle and second of fix time
+    # Messages one vehicle may send at once (refilled at 2 x max_rate_hz a second).
+    arrival_burst: Annotated[int, _FEED_BURST] = 1500
     max_age_s: Annotated[float, _FEED_AGE] = 30.0  # older positions are dropped
     max_future_s: Annotated[float, _FEED_FUTURE] = 5.0  # ahead of the centre's clock
 

@@ -110,6 +110,7 @@ class Daemon:
         }
         self._last_prune = clock.monotonic()
         self.running = False
+        self.sources: dict[str, AsyncIterable[Fix]] = {}  # name -> the source open now
 
     # -- inputs (synchronous, no I/O) ----------------------------------------------------
 
@@ -251,7 +252,8 @@ class Daemon:
 
     async def _pump(self, spec: SourceSpec, restart: Backoff) -> None:
         async def pump() -> None:
-            async for fix in spec.open():
+            source = self.sources[spec.name] = spec.open()
+            async for fix in source:
                 self.take(fix)
 
         if spec.restart:

@@ -14,7 +14,13 @@ from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from gps.gpsd import GpsdSource
-from gps.mqtt import BrokerSettings, MqttFixSource, VehicleStatus
+from gps.mqtt import (
+    BrokerSettings,
+    MqttFixSource,
+    VehicleStatus,
+    accepts_anonymous,
+    insecurities,
+)
 from gps.position_json import LinkMessage, StatusMessage, StatusSource
 from gps.replay import NmeaReplay
 from gps.serial import SerialNmeaSource
@@ -138,33 +144,57 @@ def _source(
 def check_fleet_security(dep: Deployment) -> list[str]:
     """Warnings for every fleet feed that anyone on the network could forge.
 
-    Raises InsecureInput for such a feed unless it says ``insecure = true``; with it,
-    the warnings say why at every start. (The broker's own settings are checked by
-    :func:`probe_fleet_brokers`.)
+    Raises InsecureInput for such a feed (no TLS, or no client credentials) unless it
+    says ``insecure = true``; with it, the warnings say why at every start. Whether the
+    broker itself lets anonymous clients in is :func:`probe_fleet_brokers`'s question.
     """
     warnings = []
     for k, g in enumerate(dep.gps):
         if not isinstance(g, MqttFleetSource):
             continue
-        missing = []
-        if not g.tls:
-            missing.append("no TLS: positions and credentials cross the network in clear")
-        if g.username is None and g.tls_cert is None:
-            missing.append("no client credentials (username and password_file, or tls_cert)")
-        if not missing:
+        gaps = insecurities(broker_settings(g))
+        if not gaps:
             continue
-        text = (
-            f"gps[{k}]: the fleet feed from {g.host}:{g.port} is not authenticated: "
-            + "; ".join(missing)
-            + ". Anyone who can reach the broker could publish positions as a fire engine "
-            "and cause requests"
-        )
+        text = f"gps[{k}]: the fleet feed is not authenticated: " + "; ".join(gaps)
         if not g.insecure:
             raise InsecureInput(
                 f"{text}. Configure TLS and the daemon's credentials (config/mosquitto/), or "
                 "set insecure = true in this [[gps]] entry for a closed test network"
             )
         warnings.append(f"{text} (insecure = true)")
+    return warnings
+
+
+async def probe_fleet_brokers(dep: Deployment) -> list[str]:
+    """Ask each fleet broker whether it lets a client in without credentials.
+
+    Raises InsecureInput when one does (anyone could publish as a fire engine) and
+    the feed is not marked ``insecure``; returns warnings for what could not be told
+    (a broker not reachable yet) and for insecure feeds.
+    """
+    warnings = []
+    for k, g in enumerate(dep.gps):
+        if not isinstance(g, MqttFleetSource):
+            continue
+        settings = broker_settings(g)
+        open_door = await accepts_anonymous(settings)
+        where = f"gps[{k}]: broker {settings.address}"
+        if open_door is None:
+            warnings.append(
+                f"{where} could not be asked whether it refuses clients without credentials "
+                "(not reachable yet); check its allow_anonymous false (config/mosquitto/)"
+            )
+        elif open_door:
+            text = (
+                f"{where} lets in clients without credentials: anyone who reaches it can "
+                "publish positions as a fire engine"
+            )
+            if not g.insecure:
+                raise InsecureInput(
+                    f"{text}; set allow_anonymous false and install the ACL of "
+                    "config/mosquitto/, or set insecure = true for a closed test network"
+                )
+            warnings.append(f"{text} (insecure = true)")
     return warnings
 
 
@@ -199,4 +229,6 @@ def fleet_source(
         on_status=on_status,
         max_age_s=g.max_age_s,
         max_future_s=g.max_future_s,
+        max_rate_hz=g.max_rate_hz,
+        arrival_burst=g.arrival_burst,
     )
