@@ -84,9 +84,10 @@ test-compiled: sysdeps compiled
 
 # The compiled build is what a deployment runs; bench-python.json has the match
 # benchmark of the pure-Python modules for comparison.
-bench: compiled
+bench: sysdeps compiled
 	PYTHONPATH=$(COMPILED) $(BIN)/preemption bench all --json | tee bench.json
 	$(BIN)/preemption bench match --json | tee bench-python.json
+	PYTHONPATH=$(COMPILED) $(BIN)/preemption bench soak --minutes 10 --json | tee bench-soak.json
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis bench.json bench-python.json
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis bench.json bench-python.json bench-soak.json

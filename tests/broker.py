@@ -35,6 +35,19 @@ from typing import TypeVar
 
 import pytest
 
+from sim.mosquitto import (
+    SHIPPED_CONFIG_DIR,
+    Account,
+    FleetPki,
+    render_shipped_config,
+)
+from sim.mosquitto import (
+    make_fleet_pki as _make_fleet_pki,
+)
+from sim.mosquitto import (
+    run_make_pki as _run_make_pki,
+)
+
 from .realparts import LOOPBACK, Managed, RealProcess, free_port
 
 __all__ = [
@@ -59,7 +72,6 @@ __all__ = [
 ]
 
 HOST = LOOPBACK
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
 )
@@ -166,60 +178,11 @@ def make_password_file(path: Path, users: Mapping[str, str]) -> Path:
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
-    """One broker account made by make-pki: user name, password, client certificate."""
-
-    name: str
-    kind: str  # vehicle, operator or service
-    password: str
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True, slots=True)
-class FleetPki:
-    """What config/mosquitto/make-pki made in ``directory``."""
-
-    directory: Path
-    output: str  # what the script printed
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def passwords(self) -> Path:
-        return self.directory / "passwords"
-
-    @property
-    def acl(self) -> Path:
-        return self.directory / "acl"
-
-    def account(self, name: str) -> Account:
-        for kind in ("vehicle", "operator", "service"):
-            base = self.directory / kind / name
-            if base.with_suffix(".password").is_file():
-                return Account(
-                    name=name,
-                    kind=kind,
-                    password=base.with_suffix(".password").read_text().strip(),
-                    cert=base.with_suffix(".crt"),
-                    key=base.with_suffix(".key"),
-                )
-        raise KeyError(f"make-pki made no account {name!r} in {self.directory}")
-
-
 def run_make_pki(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The shipped script as an administrator runs it (through /bin/sh: POSIX sh)."""
+    """config/mosquitto/make-pki (sim/mosquitto.py), or skip naming the missing package."""
     require_openssl()
     require_passwd()
-    return subprocess.run(
-        ["/bin/sh", str(SHIPPED_CONFIG_DIR / "make-pki"), str(directory), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return _run_make_pki(directory, *args)
 
 
 def make_fleet_pki(
@@ -229,50 +192,9 @@ def make_fleet_pki(
     operators: tuple[str, ...] = (),
     hosts: tuple[str, ...] = (),
 ) -> FleetPki:
-    """CA, server certificate, accounts, password file and ACL by config/mosquitto/make-pki."""
-    args: list[str] = []
-    for flag, names in (("--host", hosts), ("--vehicle", vehicles), ("--operator", operators)):
-        for name in names:
-            args += [flag, name]
-    done = run_make_pki(directory, *args)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"config/mosquitto/make-pki {directory} {' '.join(args)} failed "
-            f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()[-1000:]}"
-        )
-    return FleetPki(directory, done.stdout)
-
-
-def render_shipped_config(pki: FleetPki, workdir: Path, port: int) -> str:
-    """config/mosquitto/mosquitto.conf with only the listener, the paths and the user replaced.
-
-    Each replaced line must be in the shipped file exactly once: a change there
-    that this rendering does not know fails here, rather than silently testing
-    something else.
-    """
-    text = (SHIPPED_CONFIG_DIR / "mosquitto.conf").read_text()
-    replacements = {
-        # As root, mosquitto would switch to the user 'mosquitto', who cannot read the
-        # temp dir; as anyone else the option is ignored.
-        "\nuser mosquitto\n": f"\nuser {getpass.getuser()}\n",
-        "\nlistener 8883\n": f"\nlistener {port} {HOST}\n",
-        "\npersistence_location /var/lib/mosquitto/\n": f"\npersistence_location {workdir}/\n",
-    }
-    for old, new in replacements.items():
-        if text.count(old) != 1:
-            raise AssertionError(
-                f"{SHIPPED_CONFIG_DIR / 'mosquitto.conf'} no longer has the line {old.strip()!r} "
-                "exactly once: update render_shipped_config in tests/broker.py"
-            )
-        text = text.replace(old, new)
-    paths = "/etc/mosquitto/preemption/"
-    lines = text.splitlines(keepends=True)
-    settings = [k for k, line in enumerate(lines) if paths in line and not line.startswith("#")]
-    if len(settings) != 5:  # password_file, acl_file, cafile, certfile, keyfile
-        raise AssertionError(f"the shipped mosquitto.conf no longer keeps its 5 files in {paths}")
-    for k in settings:
-        lines[k] = lines[k].replace(paths, f"{pki.directory}/")
-    return "".join(lines)
+    require_openssl()
+    require_passwd()
+    return _make_fleet_pki(directory, vehicles=vehicles, operators=operators, hosts=hosts)
 
 
 class MosquittoBroker(Managed):

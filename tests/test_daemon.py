@@ -11,8 +11,8 @@ import gc
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 from itertools import pairwise
+from typing import Any
 
 import pytest
 

@@ -102,7 +102,8 @@ def test_every_layer_says_what_it_may_import() -> None:
             continue
         init = ROOT / layer.replace(".", "/") / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
-        assert doc and "import" in doc, f"{init}: no docstring saying what it may import"
+        assert doc, f"{init}: no docstring"
+        assert "import" in doc, f"{init}: its docstring does not say what it may import"
 
 
 def test_the_error_tree_has_one_root() -> None:

@@ -373,7 +373,22 @@ BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def run(name: str) -> dict[str, Any]:
+def bench_e2e() -> dict[str, Any]:
+    """100 engines at 10 Hz through Mosquitto to the daemon (preemption/cli/bench_e2e.py)."""
+    from preemption.cli import bench_e2e as e2e
+
+    return e2e.bench_e2e()
+
+
+BENCHES["e2e"] = bench_e2e
+
+
+def run(name: str, minutes: float = 10.0) -> dict[str, Any]:
+    """One benchmark by name; ``all`` runs every one but the soak (``soak``, ``minutes`` long)."""
     if name == "all":
         return {n: f() for n, f in BENCHES.items()}
+    if name == "soak":
+        from preemption.cli.bench_e2e import bench_soak
+
+        return bench_soak(minutes)
     return BENCHES[name]()

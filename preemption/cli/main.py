@@ -18,7 +18,18 @@ from preemption.kernel.model import Fix
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # the input (configuration, route or scenario file) is unusable
-BENCH_NAMES = ("pipeline", "match", "identify", "identify_large", "planner", "nmea", "demo", "sim")
+BENCH_NAMES = (
+    "pipeline",
+    "match",
+    "identify",
+    "identify_large",
+    "planner",
+    "nmea",
+    "demo",
+    "sim",
+    "e2e",
+    "soak",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks, machine-readable with --json")
     b.add_argument("name", choices=["all", *BENCH_NAMES])
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument(
+        "--minutes", type=float, default=10.0, help="soak: how long the load runs (default 10)"
+    )
     b.set_defaults(func=_bench)
 
     g = sub.add_parser("gps", help="tools for GPS recordings")
@@ -268,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from preemption.cli.bench import run
 
-    result = run(args.name)
+    result = run(args.name, minutes=args.minutes)
     if args.json:
         print(json.dumps(result))
     else:

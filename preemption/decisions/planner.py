@@ -479,7 +479,8 @@ class Planner:
                 out.append(self._command(req, CommandKind.CANCEL, 0.0, "duplicate after restart"))
                 continue
             if now - req.opened >= self.config.max_hold_s:
-                why = f"left by the previous process beyond the maximum hold of {self.config.max_hold_s:.0f} s"
+                hold = self.config.max_hold_s
+                why = f"left by the previous process beyond the maximum hold of {hold:.0f} s"
                 out.append(self._command(req, CommandKind.CANCEL, 0.0, why))
                 continue
             self._requests[h.intersection] = req
