@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -125,6 +125,37 @@ def make(
     )
 
 
+def run_until(
+    clock: SimClock,
+    daemon: Daemon,
+    sources: list[SourceSpec | AsyncIterator[Fix]],
+    script: Callable[[], Awaitable[None]],
+) -> None:
+    """Run the daemon on ``sources`` while ``script`` plays; stop it when the script ends."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def play() -> None:
+            await script()
+            stop.set()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(play())
+            tg.create_task(daemon.run(sources, stop))
+
+    clock.run(main())
+
+
+def wait(clock: SimClock, seconds: float) -> Callable[[], Awaitable[None]]:
+    """A script that only lets ``seconds`` of simulated time pass."""
+
+    async def script() -> None:
+        await clock.sleep(seconds)
+
+    return script
+
+
 def peers(clock: SimClock, **modes: tuple[str, str]) -> dict[str, Peer]:
     """A peer per controller; ``C_K1=("hang", "ok")`` sets (commands, polls) of C-K1."""
     out = {}
@@ -201,18 +232,7 @@ def test_a_cancelled_request_is_polled_only_until_its_release_is_seen() -> None:
     ps = peers(clock)
     daemon = make(clock, ps)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-
-        async def later() -> None:
-            await clock.sleep(600.0)
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(later())
-            tg.create_task(daemon.run([drive(clock, "R1", 2500.0)], stop))
-
-    clock.run(main())
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0)], wait(clock, 600.0))
     k1 = ps["C-K1"]
     cancelled = k1.times("cancel")[0]
     assert not [t for t in k1.times("poll") if t > cancelled + SERVICE.poll_s + 1e-6]
@@ -225,21 +245,13 @@ def test_polls_of_an_unreachable_controller_stop_after_the_release_bound() -> No
     daemon = make(clock, ps)
     k1 = ps["C-K1"]
 
-    async def main() -> None:
-        stop = asyncio.Event()
+    async def cut_k1_after_its_request() -> None:
+        while not k1.times("request"):
+            await clock.sleep(0.5)
+        k1.polls = "down"
+        await clock.sleep(600.0)
 
-        async def cut_k1_after_the_cancel() -> None:
-            while not k1.times("request"):
-                await clock.sleep(0.5)
-            k1.polls = "down"
-            await clock.sleep(600.0)
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(cut_k1_after_the_cancel())
-            tg.create_task(daemon.run([drive(clock, "R1", 2500.0)], stop))
-
-    clock.run(main())
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0)], cut_k1_after_its_request)
     cancelled = k1.times("cancel")[0]
     attempts = daemon.counters["poll_failed"]
     # Polls go on for at most release_poll_s after the cancel, paced by the breaker.
@@ -257,24 +269,16 @@ def test_a_dead_controller_opens_its_breaker_and_its_request_shows_unconfirmed()
     daemon = make(clock, ps, sink=record)
     seen: dict[str, Any] = {}
 
-    async def main() -> None:
-        stop = asyncio.Event()
+    async def watch() -> None:
+        await clock.sleep(35.0)  # K1 requested at ~15 s, failing since
+        seen["status"] = daemon.workers["C-K1"].status()
+        seen["requests"] = daemon.planner.requests()
+        seen["calls"] = daemon.counters["request_failed"] + daemon.counters["poll_failed"]
+        ps["C-K1"].commands = ps["C-K1"].polls = "ok"  # back
+        await clock.sleep(70.0)
+        seen["after"] = daemon.workers["C-K1"].status()
 
-        async def watch() -> None:
-            await clock.sleep(35.0)  # K1 requested at ~15 s, failing since
-            seen["status"] = daemon.workers["C-K1"].status()
-            seen["requests"] = daemon.planner.requests()
-            seen["calls"] = daemon.counters["request_failed"] + daemon.counters["poll_failed"]
-            ps["C-K1"].commands = ps["C-K1"].polls = "ok"  # back
-            await clock.sleep(70.0)
-            seen["after"] = daemon.workers["C-K1"].status()
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(watch())
-            tg.create_task(daemon.run([drive(clock, "R1", 2500.0, speed=6.0)], stop))
-
-    clock.run(main())
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0, speed=6.0)], watch)
     status = seen["status"]
     assert status.breaker is BreakerState.OPEN
     k1 = [r for r in seen["requests"] if r.intersection == "K1"]
@@ -294,23 +298,15 @@ def test_a_cancel_that_fails_is_tried_again_until_the_controller_has_it() -> Non
     daemon = make(clock, ps)
     k1 = ps["C-K1"]
 
-    async def main() -> None:
-        stop = asyncio.Event()
+    async def outage_around_the_cancel() -> None:
+        while not k1.times("request"):
+            await clock.sleep(0.5)
+        k1.commands = k1.polls = "down"
+        await clock.sleep(40.0)  # the engine passes K1 meanwhile: the cancel fails
+        k1.commands = k1.polls = "ok"
+        await clock.sleep(100.0)
 
-        async def outage_around_the_cancel() -> None:
-            while not k1.times("request"):
-                await clock.sleep(0.5)
-            k1.commands = k1.polls = "down"
-            await clock.sleep(40.0)  # the engine passes K1 meanwhile: the cancel fails
-            k1.commands = k1.polls = "ok"
-            await clock.sleep(100.0)
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(outage_around_the_cancel())
-            tg.create_task(daemon.run([drive(clock, "R1", 2500.0)], stop))
-
-    clock.run(main())
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0)], outage_around_the_cancel)
     assert daemon.counters["cancel_failed"] >= 1
     assert k1.times("cancel"), "the cancel never reached the controller"
     assert k1.held == {}
@@ -330,20 +326,11 @@ def test_a_failing_source_is_restarted_and_the_others_go_on() -> None:
 
         return gen()
 
-    async def main() -> None:
-        stop = asyncio.Event()
-
-        async def later() -> None:
-            await clock.sleep(300.0)
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(later())
-            tg.create_task(
-                daemon.run([SourceSpec("broken", broken), drive(clock, "R1", 2500.0)], stop)
-            )
-
-    clock.run(main())
+    sources: list[SourceSpec | AsyncIterator[Fix]] = [
+        SourceSpec("broken", broken),
+        drive(clock, "R1", 2500.0),
+    ]
+    run_until(clock, daemon, sources, wait(clock, 300.0))
     assert len(opened) >= 5
     assert daemon.counters["restart:source broken"] == len(opened)  # each opening failed
     gaps = [b - a for a, b in pairwise(opened)]
@@ -404,18 +391,8 @@ def test_stopping_the_daemon_takes_back_every_held_request() -> None:
     ps = peers(clock)
     record = Recorder(clock)
     daemon = make(clock, ps, sink=record)
-    stop = asyncio.Event()
-
-    async def main() -> None:
-        async def stopper() -> None:
-            await clock.sleep(25.5)  # engine at ~330 m: K1 requested, not passed
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(stopper())
-            tg.create_task(daemon.run([drive(clock, "R1", 2500.0)], stop))
-
-    clock.run(main())
+    # Stopped with the engine at ~330 m: K1 requested, not passed.
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0)], wait(clock, 25.5))
     k1 = [s.command for s in record.commands if s.command.intersection == "K1"]
     assert [c.kind for c in k1] == [CommandKind.REQUEST, CommandKind.CANCEL]
     assert k1[-1].reason == "daemon stopping"

@@ -3,7 +3,6 @@ and a full disk that must not stop the daemon."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from preemption.service.journal import Journal
 from routes.matcher import RouteMatcher
 
 from .helpers import VEHICLE, fix_at
-from .test_daemon import Peer, peers
+from .test_daemon import Peer, peers, run_until, wait
 from .test_planner import CFG, ROUTES
 
 
@@ -109,18 +108,7 @@ def test_requests_left_open_by_a_killed_process_are_taken_back_by_the_next(tmp_p
     daemon.planner.set_emergency(VEHICLE, False, immediate=True)  # the engine is not heard
     daemon.recover(left)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-
-        async def later() -> None:
-            await clock.sleep(CFG.recovery_grace_s + 3.0)
-            stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(later())
-            tg.create_task(daemon.run([], stop))
-
-    clock.run(main())
+    run_until(clock, daemon, [], wait(clock, CFG.recovery_grace_s + 3.0))
     # The old request was cancelled under its own id, within the grace.
     cancels = [t for t, c, i in ps["C-K1"].calls if c == "cancel"]
     assert len(cancels) == 1
