@@ -40,8 +40,8 @@ class Peer:
     """A controller behind an adapter: answers, hangs, refuses or raises, per kind of call.
 
     ``commands`` and ``polls`` say how it treats request/update/cancel and state():
-    "ok", "hang", "down" (ControllerUnreachable), "oserror" (a library's OSError
-    let out of the adapter), "bug" (ZeroDivisionError).
+    "ok", "hang", "slow" (1.5 s), "down" (ControllerUnreachable), "oserror" (a
+    library's OSError let out of the adapter), "bug" (ZeroDivisionError).
     """
 
     controller: str
@@ -51,10 +51,14 @@ class Peer:
     calls: list[tuple[float, str, str]] = field(default_factory=list)  # (t, call, intersection)
     held: dict[str, str] = field(default_factory=dict)  # intersection -> request id
     closed: bool = False
+    slow_calls: int = 0
 
     async def _behave(self, mode: str) -> None:
         if mode == "hang":
             await asyncio.Event().wait()
+        if mode == "slow":
+            self.slow_calls += 1
+            await self.clock.sleep(1.5)
         if mode == "down":
             raise ControllerUnreachable(self.controller, "no route to host; check the VPN")
         if mode == "oserror":
@@ -398,6 +402,25 @@ def test_stopping_the_daemon_takes_back_every_held_request() -> None:
     assert k1[-1].reason == "daemon stopping"
     assert ps["C-K1"].held == {}
     assert daemon.planner.active == 0
+
+
+def test_a_cancel_under_way_when_the_daemon_stops_still_reaches_the_controller() -> None:
+    clock = SimClock()
+    ps = peers(clock)
+    daemon = make(clock, ps)
+    k1 = ps["C-K1"]
+
+    async def stop_in_the_middle_of_the_cancel() -> None:
+        while not k1.times("request"):
+            await clock.sleep(0.5)
+        k1.commands = "slow"  # the cancel after the stop line takes 1.5 s
+        while not k1.slow_calls:
+            await clock.sleep(0.1)
+        await clock.sleep(0.5)
+
+    run_until(clock, daemon, [drive(clock, "R1", 2500.0)], stop_in_the_middle_of_the_cancel)
+    assert k1.held == {}, "the cancel was lost with the worker's task"
+    assert "cancel" in [c for _, c, _ in k1.calls]
 
 
 def test_stopping_does_not_wait_longer_than_the_bound_for_a_hanging_controller() -> None:

@@ -148,7 +148,15 @@ class ControllerWorker:
         if self._pending and now >= self._retry_at and self.breaker.allows():
             rid, cmd = next(iter(self._pending.items()))
             del self._pending[rid]
-            if not await self._send(cmd):
+            try:
+                sent = await self._send(cmd)
+            except asyncio.CancelledError:
+                # Stopped in the middle of the call: keep the command for flush(), so that
+                # a cancel under way at shutdown is not lost with the task.
+                if rid not in self._pending:
+                    self._pending = {rid: cmd, **self._pending}
+                raise
+            if not sent:
                 self._again(cmd)
             return
         due = min(self._polls.items(), key=lambda kv: kv[1].due, default=None)
