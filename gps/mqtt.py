@@ -888,7 +888,9 @@ class MqttFixSource:
         if decoder is None:
             # Today's date lets GGA-only streams (no RMC, no date) be used at once.
             today = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC).date()
-            decoder = self.nmea[vehicle] = NmeaDecoder(vehicle, topic, date_hint=today)
+            decoder = self.nmea[vehicle] = NmeaDecoder(
+                vehicle, topic, date_hint=today, clock=self.clock
+            )
         self.accepted[TopicKind.NMEA.value] += 1
         fixes = []
         for fix in decoder.feed(nmea_payload(payload)):

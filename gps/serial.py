@@ -88,7 +88,9 @@ class SerialNmeaSource(ReconnectingSource[NmeaDecoder]):
         if baudrate <= 0:
             raise ValueError(f"baudrate for {device} must be positive, not {baudrate!r}")
         self.device = device
-        self.decoder = NmeaDecoder(vehicle, source or device, date_hint=date_hint)
+        # With the clock the decoder judges a receiver's time against now, and a gap the
+        # clock explains (a dropout) costs no held epochs (gps/validity.py TimeOrder).
+        self.decoder = NmeaDecoder(vehicle, source or device, date_hint=date_hint, clock=clock)
         self.open_failures = 0
         self.flushes = 0
         self.bytes_read = 0

@@ -156,7 +156,7 @@ def test_a_bad_backoff_is_refused(initial: float, factor: float, cap: float, jit
 def test_a_missing_device_is_retried_with_backoff_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = SimClock()
+    clock = SimClock(T0)  # the epochs' day and hour: they are not from the future
     missing = FileNotFoundError(2, "No such file or directory", "/dev/ttyUSB0")
     script = Script(clock, [missing] * 6 + [data(epoch(0), epoch(1))])
     source = SerialNmeaSource(
@@ -177,7 +177,7 @@ def test_a_missing_device_is_retried_with_backoff_and_logged_once(
 
 def test_a_quiet_line_flushes_the_last_epoch() -> None:
     # One epoch alone: no cycle learned yet, so only the quiet line completes it.
-    clock = SimClock()
+    clock = SimClock(T0)  # the epochs' day and hour: they are not from the future
     script = Script(clock, [data(epoch(0))])
     source = SerialNmeaSource("/dev/gps", VEHICLE, clock, quiet_flush_s=1.5, opener=script)
     [(at, fix)] = run_source(clock, source, 1)
@@ -190,7 +190,7 @@ def test_a_quiet_line_flushes_the_last_epoch() -> None:
 def test_end_of_file_and_read_errors_are_outages_the_source_survives(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = SimClock()
+    clock = SimClock(T0)  # the epochs' day and hour: they are not from the future
     unplugged = serial.SerialException("read failed: [Errno 5] Input/output error")
     script = Script(
         clock,
@@ -220,7 +220,7 @@ def test_end_of_file_and_read_errors_are_outages_the_source_survives(
 @settings(max_examples=60)
 @given(st.lists(st.binary(max_size=300), max_size=12), st.integers(0, 5))
 def test_arbitrary_bytes_never_raise_out_of_the_source(chunks: list[bytes], at: int) -> None:
-    clock = SimClock()
+    clock = SimClock(T0)  # the epochs' day and hour: they are not from the future
     good = [epoch(0), epoch(1), epoch(2)]
     stream = [*chunks[:at], b"\r\n", *good, *chunks[at:]]
     script = Script(clock, [data(*stream, eof=True), data(epoch(10), epoch(11))])

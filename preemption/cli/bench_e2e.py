@@ -10,7 +10,9 @@ the fleet feed with the daemon's credentials), every engine on an emergency run;
 its controllers are in-process stand-ins behind the simlink adapter that note
 when each command arrives.
 
-Measured, from the fix's own time (stamped by the publisher when it sends):
+Measured, from the fix's own time (the publisher stamps each position with its
+epoch on the receiver's 10 Hz grid, as a receiver does, so a late send counts
+against the latency):
 
 - ``p50_ms`` / ``p99_ms``: fix to command at the controller, for every command a
   fix caused (requests, ETA updates, cancels after the stop line);
@@ -337,7 +339,8 @@ async def _publish(args: dict[str, Any]) -> None:
                 s = 0.0  # round again (the motion gate sees a jump and holds it back)
             p = mr.at(s)
             lon, lat = routes.projector.to_wgs84(p.x, p.y)
-            fix = Fix(name, now, lat, lon, SPEED, p.heading_deg, 0.9, FixQuality.GPS, "bench")
+            # Stamped with its epoch, as a receiver does: a late send is as old as it is.
+            fix = Fix(name, due, lat, lon, SPEED, p.heading_deg, 0.9, FixQuality.GPS, "bench")
             payload = PositionMessage.from_fix(fix, seq=seq).encode()
             await c.publish(f"{PREFIX}/{name}/position", payload, qos=1)
             published += 1

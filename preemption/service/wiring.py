@@ -24,7 +24,7 @@ from gps.mqtt import (
 from gps.position_json import LinkMessage, StatusMessage, StatusSource
 from gps.replay import NmeaReplay
 from gps.serial import SerialNmeaSource
-from gps.validity import MotionGate
+from gps.validity import MAX_FUTURE_S, MotionGate
 from preemption.decisions.planner import Planner
 from preemption.kernel.clock import Clock
 from preemption.kernel.config import (
@@ -137,7 +137,14 @@ def _source(
     gpsd = g
     return SourceSpec(
         name,
-        lambda: GpsdSource(gpsd.vehicle, clock, host=gpsd.host, port=gpsd.port, device=gpsd.device),
+        lambda: GpsdSource(
+            gpsd.vehicle,
+            clock,
+            host=gpsd.host,
+            port=gpsd.port,
+            device=gpsd.device,
+            max_future_s=MAX_FUTURE_S,  # a live receiver: judged against the clock too
+        ),
     )
 
 
