@@ -28,8 +28,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from preemption.kernel.model import Command, PreemptStatus, SignalState
-from signal_adapters.base import AdapterConfigError, AdapterContext, ControllerUnreachable
-from signal_adapters.registry import parse_options
+from signal_adapters.base import (
+    AdapterConfigError,
+    AdapterContext,
+    ControllerUnreachable,
+    parse_options,
+)
 
 
 class LogOptions(BaseModel):

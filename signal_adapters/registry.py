@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,7 +33,6 @@ from preemption.kernel.config import OptionsCheck, validation_problems
 from signal_adapters.base import AdapterConfigError, AdapterFactory
 
 GROUP = "preemption.signal_adapters"
-M = TypeVar("M", bound=BaseModel)
 
 
 class UnknownAdapter(AdapterConfigError):
@@ -110,17 +109,3 @@ def option_checks() -> dict[str, OptionsCheck]:
     An adapter's module is imported only when a controller uses it.
     """
     return {name: functools.partial(validate_options, name) for name in installed()}
-
-
-def parse_options(model: type[M], controller: str, options: Mapping[str, Any]) -> M:
-    """An adapter's options as its model, or AdapterConfigError naming each key."""
-    try:
-        return model.model_validate(dict(options))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{key}: {msg}" if key else f"options: {msg}"
-            for key, msg in validation_problems(exc)
-        )
-        raise AdapterConfigError(
-            controller, f"{problems}; correct the controller's options"
-        ) from None

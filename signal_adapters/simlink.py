@@ -14,8 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from preemption.kernel.model import Command, PreemptStatus, SignalState
-from signal_adapters.base import AdapterConfigError, AdapterContext
-from signal_adapters.registry import parse_options
+from signal_adapters.base import AdapterConfigError, AdapterContext, parse_options
 
 
 class PreemptionInput(Protocol):
