@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the integration tests start for real (broker, gpsd, ptys, SNMP tools).
-SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp
+SYSTEM_PACKAGES := mosquitto gpsd gpsd-clients socat snmp snmpd
 export DEBIAN_FRONTEND := noninteractive
 
 # The compiled build of the per-fix hot path (setup.py, preemption/service/hotpath.py): the
