@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +27,13 @@ from signal_adapters.base import (
 )
 from signal_adapters.ntcip import NtcipAdapter, read_credentials
 
+from .helpers import DEMO_DIR
 from .realparts import free_port
 from .snmpd_ntcip import Snmpd, V3User
 
 pytestmark = pytest.mark.integration
 
+EXE = Path(sys.executable).parent / "preemption"
 USER = V3User("preemption", "SHA-256", "auth-secret-1", "AES", "priv-secret-1")
 USER256 = V3User("preemption256", "SHA-256", "auth-secret-2", "AES256", "priv-secret-2")
 
@@ -206,3 +211,56 @@ def test_credentials_files_are_checked(tmp_path: Path) -> None:
         read_credentials(tmp_path / "missing.toml")
     with pytest.raises(AdapterConfigError, match="credentials_file"):
         adapter("127.0.0.1", 161, tmp_path / "missing.toml")
+
+
+# -- commissioning at the cabinet: preemption signal test ---------------------------------
+
+
+def _commissioning_deployment(tmp_path: Path, agent: Snmpd, creds: Path) -> Path:
+    shutil.copy(DEMO_DIR / "routes.geojson", tmp_path / "routes.geojson")
+    ntcip = (
+        'adapter = "ntcip"\noptions = { host = "127.0.0.1", port = '
+        f'{agent.port}, credentials_file = "{creds}", timeout_s = 0.3 }}'
+    )
+    text = (DEMO_DIR / "deployment.toml").read_text(encoding="utf-8")
+    path = tmp_path / "deployment.toml"
+    path.write_text(text.replace('adapter = "simlink"', ntcip, 1), encoding="utf-8")
+    return path
+
+
+def _signal_test(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(EXE), "signal", "test", "--config", str(cfg), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_commissioning_asks_confirms_holds_and_releases(tmp_path: Path, snmpd: Snmpd) -> None:
+    cfg = _commissioning_deployment(tmp_path, snmpd, v3(tmp_path, USER))
+    done = _signal_test(cfg, "--intersection", "K1", "--yes", "--hold", "1", "--timeout", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "unitBackupTime 4 s" in out
+    for seen in ("entryStarted", "dwell", "exitStarted", "notActive"):
+        assert f"preemptState.1 = {seen}" in out
+    assert out.strip().endswith("ok: confirmed, dwell, released")
+    assert snmpd.control(1) == 0
+
+
+def test_commissioning_fails_loudly_on_a_refusal_and_on_bad_input(
+    tmp_path: Path, snmpd: Snmpd
+) -> None:
+    refused = _commissioning_deployment(tmp_path, snmpd, v2c(tmp_path, "public-read"))
+    done = _signal_test(refused, "--intersection", "K1", "--yes", "--timeout", "3")
+    assert done.returncode == 1
+    assert "no write access" in done.stderr
+    unknown = _signal_test(refused, "--intersection", "K99", "--yes")
+    assert unknown.returncode == 2
+    assert "no intersection 'K99'" in unknown.stderr
+    asked = subprocess.run(
+        [str(EXE), "signal", "test", "--config", str(refused), "--intersection", "K1"],
+        input="n\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert asked.returncode == 1
+    assert "not asked" in asked.stderr
+    assert snmpd.control(1) == 0

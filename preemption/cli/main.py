@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     o.set_defaults(func=_onboard)
 
     add_routes_parser(sub)
+    from preemption.cli.signal import add_signal_parser
+
+    add_signal_parser(sub)
     return p
 
 
