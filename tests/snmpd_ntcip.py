@@ -99,6 +99,13 @@ class Snmpd(Managed):
     def stop(self) -> None:
         self._process.stop()
 
+    @property
+    def pid(self) -> int:
+        """snmpd's process id (to stop it with SIGSTOP: a controller that answers nothing)."""
+        if self._process.pid is None:
+            raise RuntimeError("snmpd is not running")
+        return self._process.pid
+
     def get(self, oid: str) -> int | None:
         """One value through net-snmp's own snmpget (None when nothing answers)."""
         done = subprocess.run(
