@@ -66,7 +66,7 @@ def deployment(tmp: Path, agents: dict[str, Snmpd], gps: str = "") -> Path:
         else:
             controllers += (
                 f'[[controllers]]\nid = "{cid}"\nadapter = "log"\n'
-                'options = { path = "shadow.jsonl" }\n\n'
+                f'options = {{ path = "{tmp / "shadow.jsonl"}" }}\n\n'
             )
     path = tmp / "deployment.toml"
     path.write_text(
