@@ -264,3 +264,32 @@ def test_commissioning_fails_loudly_on_a_refusal_and_on_bad_input(
     assert asked.returncode == 1
     assert "not asked" in asked.stderr
     assert snmpd.control(1) == 0
+
+
+def test_check_config_probe_reads_each_controller_and_warns_of_a_disabled_backup_timer(
+    tmp_path: Path,
+) -> None:
+    with Snmpd(tmp_path / "nobackup", backup_s=0) as agent:
+        cfg = _commissioning_deployment(tmp_path, agent, v2c(tmp_path))
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text(text.replace('adapter = "simlink"', 'adapter = "log"'), encoding="utf-8")
+        done = subprocess.run(
+            [str(EXE), "check-config", str(cfg), "--probe"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "maxPreempts 4, unitBackupTime 0 s" in done.stdout
+        assert "warning: controller 'C-K1'" in done.stdout
+        assert "backup timer is disabled" in done.stdout
+        assert snmpd_control_untouched(agent)
+    gone = subprocess.run(
+        [str(EXE), "check-config", str(cfg), "--probe"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert gone.returncode == 1
+    assert "no SNMP answer" in gone.stdout
+
+
+def snmpd_control_untouched(agent: Snmpd) -> bool:
+    """A probe reads; it never calls a preempt."""
+    return all(agent.control(n) == 0 for n in range(1, 5))

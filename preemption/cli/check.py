@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preemption.cli.main import EXIT_OK
+from preemption.cli.main import EXIT_FAILED, EXIT_OK
 from preemption.kernel.config import ConfigError, Deployment, load_config
 from preemption.kernel.errors import InsecureInput
 from preemption.service.wiring import check_fleet_security
@@ -106,3 +106,42 @@ def _holds_too_short(dep: Deployment, routes: RouteSet) -> list[str]:
                     "transition_s, or raise planner.max_hold_s"
                 )
     return out
+
+
+def probe_controllers(path: Path) -> int:
+    """Connect to every controller (reads only) and print what its adapter can tell.
+
+    Exit status 1 when any controller cannot be reached or its adapter refuses its
+    options once connected (a preempt the controller does not have, say).
+    """
+    import asyncio
+
+    from preemption.kernel.clock import RealClock
+    from signal_adapters.base import AdapterContext, AdapterError
+
+    dep = load_config(path, adapters=registry.option_checks())
+    context = AdapterContext(RealClock())
+
+    async def one(cid: str, adapter_name: str, options: dict[str, object]) -> bool:
+        adapter = registry.load(adapter_name)(cid, options, context)
+        probe = getattr(adapter, "probe", None)
+        try:
+            facts = await probe() if callable(probe) else [f"controller {cid!r}: {adapter_name}"]
+        except AdapterError as exc:
+            print(f"error: {exc}")
+            return False
+        finally:
+            try:
+                await adapter.close()
+            except AdapterError as exc:
+                print(f"error: closing {cid!r}: {exc}")
+        for fact in facts:
+            print(fact)
+        return True
+
+    async def every() -> list[bool]:
+        return list(
+            await asyncio.gather(*(one(c.id, c.adapter, dict(c.options)) for c in dep.controllers))
+        )
+
+    return EXIT_OK if all(asyncio.run(every())) else EXIT_FAILED

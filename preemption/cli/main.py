@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a deployment file and what it references")
     c.add_argument("file", type=Path)
+    c.add_argument(
+        "--probe",
+        action="store_true",
+        help="also connect to every controller and say what it is (backup timer, preempts); "
+        "reads only, asks for nothing",
+    )
     c.set_defaults(func=_check_config)
 
     d = sub.add_parser("demo", help="run the whole path on a scenario in simulated time")
@@ -137,9 +143,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from preemption.cli.check import check_config
+    from preemption.cli.check import check_config, probe_controllers
 
-    return check_config(args.file)
+    code = check_config(args.file)
+    if code == EXIT_OK and args.probe:
+        code = probe_controllers(args.file)
+    return code
 
 
 def _demo(args: argparse.Namespace) -> int:
